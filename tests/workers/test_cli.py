@@ -1,0 +1,115 @@
+"""The generate and bench command lines, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers.model import build_random, preset, save_checkpoint
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_generate_greedy_json_reports_tokens_and_usage() -> None:
+    done = _run(
+        "-m",
+        "workers.generate",
+        "--preset",
+        "dbrx-tiny",
+        "--prompt-ids",
+        "15339,1917",
+        "--max-new-tokens",
+        "5",
+        "--greedy",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["usage"] == {"prompt_tokens": 2, "completion_tokens": len(report["token_ids"])}
+    assert report["finish_reason"] in {"stop", "length"}
+    again = _run(
+        "-m",
+        "workers.generate",
+        "--preset",
+        "dbrx-tiny",
+        "--prompt-ids",
+        "15339,1917",
+        "--max-new-tokens",
+        "5",
+        "--greedy",
+        "--json",
+    )
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == report
+
+
+def test_generate_from_checkpoint_with_chat_prompt(tmp_path: Path) -> None:
+    args = preset("dbrx-tiny").args.replace(n_layers=1)
+    save_checkpoint(build_random(args, seed=1), tmp_path)
+    done = _run(
+        "-m",
+        "workers.generate",
+        "--checkpoint",
+        str(tmp_path),
+        "--chat",
+        "--prompt",
+        "Hello there",
+        "--max-new-tokens",
+        "3",
+        "--seed",
+        "4",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["prompt_ids"][0] == 100278  # <|im_start|>
+    assert isinstance(report["text"], str)
+
+
+def test_generate_rejects_bad_prompt_ids_clearly() -> None:
+    done = _run(
+        "-m",
+        "workers.generate",
+        "--preset",
+        "dbrx-tiny",
+        "--prompt-ids",
+        "1,x",
+        "--max-new-tokens",
+        "2",
+    )
+    assert done.returncode != 0
+    assert "comma-separated integers" in done.stderr
+
+
+@pytest.mark.slow
+def test_bench_json_last_line_has_the_documented_fields() -> None:
+    done = _run(
+        "-m",
+        "workers.bench",
+        "--preset",
+        "dbrx-tiny",
+        "--batch-size",
+        "2",
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "4",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for field in (
+        "output_tokens_per_s",
+        "prefill_tokens_per_s",
+        "decode_ms_per_step",
+        "bandwidth_limit_tokens_per_s",
+    ):
+        assert report[field] > 0, field
+    assert report["output_tokens_per_s"] < report["bandwidth_limit_tokens_per_s"] * 1.5

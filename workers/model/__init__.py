@@ -1,0 +1,28 @@
+"""The MoE transformer (DBRX and Mixtral families) and its checkpoints.
+
+`from_preset(name)` builds a named configuration with seeded weights, `load_checkpoint(dir)`
+loads a Hugging Face checkpoint directory, `save_checkpoint(model, dir)` writes one that
+`transformers` also reads. The model is called with input ids [B, T] and returns logits
+[B, T, vocab]; pass a `KVCache` (from `model.new_cache`) for incremental decoding.
+"""
+
+from workers.model.args import ModelArgs
+from workers.model.checkpoint import load_checkpoint, read_args, save_checkpoint
+from workers.model.hf_format import CheckpointError
+from workers.model.kv_cache import KVCache
+from workers.model.presets import PRESETS, build_random, from_preset, preset
+from workers.model.transformer import MoETransformer
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "KVCache",
+    "MoETransformer",
+    "ModelArgs",
+    "build_random",
+    "from_preset",
+    "load_checkpoint",
+    "preset",
+    "read_args",
+    "save_checkpoint",
+]

@@ -1,0 +1,121 @@
+"""Building blocks of the MoE transformer: norms, rotary embeddings, GQA attention.
+
+Shape keys used in comments throughout `workers.model`:
+    B batch, T new tokens in this call, S = cached + new positions, D d_model,
+    H query heads, K kv heads, Hd head_dim, E experts, F expert hidden size,
+    N = B*T flattened tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.model.args import ModelArgs, NormKind
+from workers.model.kv_cache import KVCache
+
+
+class Norm(nn.Module):
+    """Weight-only LayerNorm (DBRX) or RMSNorm (Mixtral), numerically as in the references."""
+
+    def __init__(self, dim: int, kind: NormKind, eps: float) -> None:
+        super().__init__()
+        self.kind = kind
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
+        # RMSNorm statistics in fp32 so bf16 activations do not lose the scale.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary_tables(
+    args: ModelArgs, positions: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [B, T, Hd] for `positions` [B, T]; frequencies computed in fp32."""
+    half = torch.arange(0, args.head_dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = 1.0 / (args.rope_theta ** (half / args.head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # [B, T, Hd/2]
+    angles = torch.cat((freqs, freqs), dim=-1)  # rotate-half (GPT-NeoX) layout
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, Hd]; cos/sin [B, T, Hd]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+def attention_mask(
+    query_positions: torch.Tensor, key_count: int, sliding_window: int | None
+) -> torch.Tensor:
+    """Boolean mask [B, 1, T, S]: True where a query may attend to a key position.
+
+    Key index j holds absolute position j (the cache is filled from position 0).
+    """
+    keys = torch.arange(key_count, device=query_positions.device)
+    queries = query_positions[:, None, :, None]  # [B, 1, T, 1]
+    allowed = keys <= queries
+    if sliding_window is not None:
+        allowed &= keys > queries - sliding_window
+    return allowed
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with a fused q|k|v projection and optional clip_qkv."""
+
+    def __init__(self, args: ModelArgs, layer_id: int) -> None:
+        super().__init__()
+        self.args = args
+        self.layer_id = layer_id
+        self.wqkv = nn.Linear(args.d_model, args.q_size + 2 * args.kv_size, bias=False)
+        self.wo = nn.Linear(args.q_size, args.d_model, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, T, D]
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,  # [B, T]
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        args = self.args
+        bsz, seqlen, _ = x.shape
+        qkv = self.wqkv(x)
+        if args.clip_qkv is not None:
+            qkv = qkv.clamp(-args.clip_qkv, args.clip_qkv)
+        q, k, v = qkv.split((args.q_size, args.kv_size, args.kv_size), dim=-1)
+        q = q.view(bsz, seqlen, args.n_heads, args.head_dim).transpose(1, 2)  # [B, H, T, Hd]
+        k = k.view(bsz, seqlen, args.n_kv_heads, args.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        v = v.view(bsz, seqlen, args.n_kv_heads, args.head_dim).transpose(1, 2)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+
+        if cache is not None:
+            k, v = cache.update(self.layer_id, k, v)  # [B, K, S, Hd]
+        key_count = k.shape[2]
+        window = args.sliding_window
+        # Causal alignment of SDPA's is_causal is top-left, right only when no keys are cached.
+        needs_mask = (seqlen > 1 and key_count != seqlen) or (
+            window is not None and key_count > window
+        )
+        mask = attention_mask(positions, key_count, window) if needs_mask else None
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=not needs_mask and seqlen > 1,
+            enable_gqa=args.n_kv_heads != args.n_heads,
+        )  # [B, H, T, Hd]
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, args.q_size))

@@ -1,0 +1,98 @@
+"""The mixture-of-experts feed-forward layer: a top-k router and GLU experts as stacked weights.
+
+Tokens are routed by sorting (token, slot) pairs by expert, so each expert that at least one
+token chose runs one matmul over its contiguous slice of tokens — no per-token weight
+gathering and no pass over experts that no token chose. Where torch provides
+`_grouped_mm`, all hit experts run as one grouped matmul instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.model.args import ModelArgs
+
+
+class Router(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.top_k = args.top_k
+        self.norm_p = args.router_norm_p
+        self.weight = nn.Parameter(torch.empty(args.n_experts, args.d_model))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, D] -> (weights [N, k] in x's dtype, expert ids [N, k])."""
+        probs = F.linear(x, self.weight).float().softmax(dim=-1)  # [N, E], fp32
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.norm_p is not None:
+            weights = weights / weights.norm(p=self.norm_p, dim=-1, keepdim=True)
+        return weights.to(x.dtype), experts
+
+
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """Whether `torch._grouped_mm` takes these activations: present in this torch, CPU
+    (fp32/bf16) or CUDA bf16 on sm90+, and 16-byte aligned rows."""
+    if not hasattr(torch, "_grouped_mm") or (x.shape[-1] * x.element_size()) % 16:
+        return False
+    if x.device.type == "cpu":
+        return True
+    return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
+class MoE(nn.Module):
+    """GLU experts: expert e computes (silu(x w1_eᵀ) * (x v1_eᵀ)) w2_e."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_experts = args.n_experts
+        self.hidden = args.ffn_hidden_size
+        self.router = Router(args)
+        # w1 (gate) and v1 (up) packed once at load as [E, 2F, D]: one matmul gives both.
+        self.w13 = nn.Parameter(torch.empty(args.n_experts, 2 * args.ffn_hidden_size, args.d_model))
+        self.w2 = nn.Parameter(torch.empty(args.n_experts, args.ffn_hidden_size, args.d_model))
+        # None picks per call: grouped on CUDA (one launch for all experts); on CPU the
+        # per-expert loop measured as fast at decode and ~20% faster at prefill.
+        self.use_grouped_mm: bool | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> [N, D]."""
+        weights, experts = self.router(x)  # [N, k]
+        top_k = experts.shape[1]
+        flat_experts = experts.flatten()  # [N*k], slot s belongs to token s // k
+        order = flat_experts.argsort(stable=True)
+        token_of_slot = order // top_k
+        counts = torch.bincount(flat_experts, minlength=self.n_experts)
+        routed = x[token_of_slot]  # tokens (not weights) gathered in expert order [N*k, D]
+
+        grouped = self.use_grouped_mm
+        if grouped is None:
+            grouped = x.device.type == "cuda"
+        if grouped and grouped_mm_supported(x) and len(x) > 1:
+            out = self._grouped(routed, counts)
+        else:
+            out = self._looped(routed, counts)
+        out = out * weights.flatten()[order].unsqueeze(-1)
+        return torch.zeros_like(x).index_add_(0, token_of_slot, out)
+
+    def _glu(self, h13: torch.Tensor) -> torch.Tensor:
+        gate, up = h13.split(self.hidden, dim=-1)
+        return F.silu(gate) * up
+
+    def _looped(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(routed)
+        start = 0
+        for expert, count in enumerate(counts.tolist()):
+            if count == 0:
+                continue
+            end = start + count
+            h = self._glu(routed[start:end] @ self.w13[expert].T)  # [n_e, F]
+            out[start:end] = h @ self.w2[expert]
+            start = end
+        return out
+
+    def _grouped(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        offsets = counts.cumsum(0).to(torch.int32)
+        h = self._glu(torch._grouped_mm(routed, self.w13.transpose(1, 2), offs=offsets))
+        return torch._grouped_mm(h, self.w2, offs=offsets)

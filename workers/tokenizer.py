@@ -41,8 +41,9 @@ class Tokenizer(Protocol):
 
 CL100K_NAMES = ("cl100k_base", "dbrx")
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
-# Copied from tiktoken_ext/openai_public.py: it is inlined in cl100k_base() there (no importable
-# constant), and calling that function would fetch the ranks over the network.
+# cl100k_base's pre-tokenisation pattern: part of the encoding's published definition, so it must
+# match tiktoken's byte for byte (a test compares them). tiktoken keeps it inside a function that
+# downloads the ranks, so it cannot be imported from there offline.
 CL100K_PAT_STR = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""

@@ -5,7 +5,7 @@ Both run the 309 M-parameter DBRX-architecture config of MODELS.md (d_model 512,
 process, so machine noise hits both alike. Output tokens/s counts generated tokens over
 wall seconds, prefill included; HF runs `generate` (greedy, eager attention) with EOS off.
 
-    make bench            # or: .venv/bin/python bench/vs_transformers.py --batch-sizes 1 32
+    make bench            # or: .venv/bin/python bench/vs_transformers.py --batch-sizes 1 8 32
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def agreement(model: Any, ours: Any, prompts: torch.Tensor, gen_len: int) -> flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)

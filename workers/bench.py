@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         f"loading {args.checkpoint or args.preset} ({args.dtype}, {args.device})...",
         file=sys.stderr,
     )
-    model = load_model(args)
+    try:
+        model = load_model(args)
+    except ValueError as exc:  # unknown preset, weightless real shape, bad checkpoint
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"timing batch {args.batch_size}, prompt {args.prompt_len}, {args.gen_len} new tokens...",
         file=sys.stderr,

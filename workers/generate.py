@@ -89,6 +89,21 @@ def _parse_ids(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as exc:  # bad preset, checkpoint or prompt: say what to change
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.preset:
+        chosen = preset(args.preset)
+        if not chosen.random_weights:
+            raise ValueError(
+                f"preset {args.preset!r} has real shapes and no weights; pass "
+                "its checkpoint directory with --checkpoint DIR"
+            )
     tokenizer: Tokenizer | None = None
     if args.prompt is not None or not args.json:
         tokenizer = load_tokenizer(_tokenizer_name(args))

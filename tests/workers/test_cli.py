@@ -88,6 +88,18 @@ def test_generate_rejects_bad_prompt_ids_clearly() -> None:
     assert "comma-separated integers" in done.stderr
 
 
+@pytest.mark.parametrize("name", ["dbrx-instruct", "no-such-model"])
+def test_generate_explains_presets_it_cannot_run(name: str) -> None:
+    done = _run(
+        "-m", "workers.generate", "--preset", name, "--prompt", "hi", "--max-new-tokens", "2"
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    assert (
+        ("--checkpoint" in done.stderr) if name == "dbrx-instruct" else ("dbrx-tiny" in done.stderr)
+    )
+
+
 @pytest.mark.slow
 def test_bench_json_last_line_has_the_documented_fields() -> None:
     done = _run(

@@ -21,6 +21,7 @@ import torch
 from workers.bench import DTYPES
 from workers.generation import generate
 from workers.model import MoETransformer, from_preset, load_checkpoint, preset, read_args
+from workers.model.presets import runnable_preset
 from workers.sampling import GREEDY, SamplingParams
 from workers.tokenizer import Tokenizer, load_tokenizer
 
@@ -98,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.preset:
-        chosen = preset(args.preset)
-        if not chosen.random_weights:
-            raise ValueError(
-                f"preset {args.preset!r} has real shapes and no weights; pass "
-                "its checkpoint directory with --checkpoint DIR"
-            )
+        runnable_preset(args.preset)  # fail before any output if it has no weights to run
     tokenizer: Tokenizer | None = None
     if args.prompt is not None or not args.json:
         tokenizer = load_tokenizer(_tokenizer_name(args))

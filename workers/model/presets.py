@@ -127,6 +127,20 @@ def preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
+def runnable_preset(name: str) -> Preset:
+    """The preset `name`, if it has seeded weights of its own; else a ValueError saying where
+    the weights must come from."""
+    chosen = preset(name)
+    if not chosen.random_weights:
+        billions = chosen.args.parameter_count() / 1e9
+        raise ValueError(
+            f"preset {name!r} has real shapes ({billions:.1f} B parameters) and no weights of "
+            "its own: load its checkpoint with workers.model.load_checkpoint(path) "
+            "(on the command line: --checkpoint DIR)"
+        )
+    return chosen
+
+
 def init_weights(model: MoETransformer, seed: int, std: float = 0.02) -> None:
     """Deterministic init from `seed`, drawn on the CPU so every device gets the same weights."""
     generator = torch.Generator().manual_seed(seed)
@@ -160,11 +174,5 @@ def from_preset(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> MoETransformer:
-    chosen = preset(name)
-    if not chosen.random_weights:
-        billions = chosen.args.parameter_count() / 1e9
-        raise ValueError(
-            f"preset {name!r} has real shapes ({billions:.1f} B parameters) and no weights of "
-            "its own: load its checkpoint with workers.model.load_checkpoint(path)"
-        )
+    chosen = runnable_preset(name)
     return build_random(chosen.args, device=device, dtype=dtype, seed=seed)

@@ -76,9 +76,11 @@ def test_mixtral_fused_gate_up_layout_loads_like_per_expert_layout(tmp_path: Pat
         (tmp_path / "per_expert" / "config.json").read_text()
     )
 
-    ids = torch.randint(0, shape.vocab, (2, 8))
-    expected = load_checkpoint(tmp_path / "per_expert")(ids)
-    assert torch.equal(load_checkpoint(tmp_path / "fused")(ids), expected)
+    expected = load_checkpoint(tmp_path / "per_expert").state_dict()
+    loaded = load_checkpoint(tmp_path / "fused").state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workers.model import build_random, from_preset
-from workers.model.layers import attention_mask
+from workers.model.attention_context import attention_mask
 from workers.model.presets import preset
 
 SMALL = preset("dbrx-tiny").args.replace(vocab_size=512)

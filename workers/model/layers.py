@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.model.args import ModelArgs, NormKind
-from workers.model.kv_cache import KVCache
+from workers.model.attention_context import AttentionContext
 
 
 class Norm(nn.Module):
@@ -56,28 +56,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin
 
 
-def attention_mask(
-    query_positions: torch.Tensor, key_count: int, sliding_window: int | None
-) -> torch.Tensor:
-    """Boolean mask [B, 1, T, S]: True where a query may attend to a key position.
-
-    Key index j holds absolute position j (the cache is filled from position 0).
-    """
-    keys = torch.arange(key_count, device=query_positions.device)
-    queries = query_positions[:, None, :, None]  # [B, 1, T, 1]
-    allowed = keys <= queries
-    if sliding_window is not None:
-        allowed &= keys > queries - sliding_window
-    return allowed
-
-
 class Attention(nn.Module):
-    """Grouped-query attention with a fused q|k|v projection and optional clip_qkv."""
+    """Grouped-query attention with a fused q|k|v projection and optional clip_qkv.
+
+    Where keys and values live (a contiguous cache, a paged cache, none) is the business of
+    the `AttentionContext` passed in. Head counts are attributes, not read from `args`, so a
+    tensor-parallel shard can hold a slice of the heads (`workers.parallel`).
+    """
 
     def __init__(self, args: ModelArgs, layer_id: int) -> None:
         super().__init__()
-        self.args = args
         self.layer_id = layer_id
+        self.head_dim = args.head_dim
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads
+        self.clip_qkv = args.clip_qkv
         self.wqkv = nn.Linear(args.d_model, args.q_size + 2 * args.kv_size, bias=False)
         self.wo = nn.Linear(args.q_size, args.d_model, bias=False)
 
@@ -86,36 +79,19 @@ class Attention(nn.Module):
         x: torch.Tensor,  # [B, T, D]
         cos: torch.Tensor,
         sin: torch.Tensor,
-        positions: torch.Tensor,  # [B, T]
-        cache: KVCache | None,
+        context: AttentionContext,
     ) -> torch.Tensor:
-        args = self.args
         bsz, seqlen, _ = x.shape
+        q_size = self.n_heads * self.head_dim
+        kv_size = self.n_kv_heads * self.head_dim
         qkv = self.wqkv(x)
-        if args.clip_qkv is not None:
-            qkv = qkv.clamp(-args.clip_qkv, args.clip_qkv)
-        q, k, v = qkv.split((args.q_size, args.kv_size, args.kv_size), dim=-1)
-        q = q.view(bsz, seqlen, args.n_heads, args.head_dim).transpose(1, 2)  # [B, H, T, Hd]
-        k = k.view(bsz, seqlen, args.n_kv_heads, args.head_dim).transpose(1, 2)  # [B, K, T, Hd]
-        v = v.view(bsz, seqlen, args.n_kv_heads, args.head_dim).transpose(1, 2)
+        if self.clip_qkv is not None:
+            qkv = qkv.clamp(-self.clip_qkv, self.clip_qkv)
+        q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+        q = q.view(bsz, seqlen, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Hd]
+        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-
-        if cache is not None:
-            k, v = cache.update(self.layer_id, k, v)  # [B, K, S, Hd]
-        key_count = k.shape[2]
-        window = args.sliding_window
-        # Causal alignment of SDPA's is_causal is top-left, right only when no keys are cached.
-        needs_mask = (seqlen > 1 and key_count != seqlen) or (
-            window is not None and key_count > window
-        )
-        mask = attention_mask(positions, key_count, window) if needs_mask else None
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=not needs_mask and seqlen > 1,
-            enable_gqa=args.n_kv_heads != args.n_heads,
-        )  # [B, H, T, Hd]
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, args.q_size))
+        out = context.attend(self.layer_id, q, k, v)  # [B, H, T, Hd]
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, q_size))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from workers.model.args import ModelArgs
+from workers.model.attention_context import AttentionContext, CausalAttention
 from workers.model.kv_cache import KVCache
 from workers.model.layers import Attention, Norm, rotary_tables
 from workers.model.moe import MoE
@@ -30,10 +31,9 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        positions: torch.Tensor,
-        cache: KVCache | None,
+        context: AttentionContext,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, positions, cache)
+        h = x + self.attention(self.attention_norm(x), cos, sin, context)
         flat = self.ffn_norm(h).view(-1, h.shape[-1])
         return h + self.moe(flat).view_as(h)
 
@@ -70,15 +70,30 @@ class MoETransformer(nn.Module):
             )
         positions = torch.arange(start, start + seqlen, device=input_ids.device)
         positions = positions.unsqueeze(0).expand(bsz, seqlen)
-        x = self.tok_embeddings(input_ids)
-        cos, sin = rotary_tables(self.args, positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, positions, cache)
+        context = CausalAttention(positions, cache, self.args.sliding_window)
+        x = self.hidden_states(input_ids, positions, context)
         if cache is not None:
             cache.advance(seqlen)
         if last_logits_only:
             x = x[:, -1:]
-        return self.output(self.norm(x))
+        return self.output(x)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        positions: torch.Tensor,  # [B, T] absolute positions, for RoPE
+        context: AttentionContext,
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D]; `self.output` turns them into logits.
+
+        The engine calls this with all scheduled tokens flattened into one row (B = 1) and a
+        paged `context` that knows which tokens belong to which sequence.
+        """
+        x = self.tok_embeddings(input_ids)
+        cos, sin = rotary_tables(self.args, positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, context)
+        return self.norm(x)
 
     def block(self, index: int) -> Block:
         return cast(Block, self.layers[index])

@@ -11,14 +11,17 @@ from workers.model.checkpoint import load_checkpoint, read_args, save_checkpoint
 from workers.model.hf_format import CheckpointError
 from workers.model.kv_cache import KVCache
 from workers.model.presets import PRESETS, build_random, from_preset, preset
+from workers.model.source import TORCH_DTYPES, ModelSource
 from workers.model.transformer import MoETransformer
 
 __all__ = [
     "PRESETS",
+    "TORCH_DTYPES",
     "CheckpointError",
     "KVCache",
     "MoETransformer",
     "ModelArgs",
+    "ModelSource",
     "build_random",
     "from_preset",
     "load_checkpoint",

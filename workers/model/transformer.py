@@ -103,7 +103,8 @@ class MoETransformer(nn.Module):
         return KVCache(
             n_layers=self.args.n_layers,
             batch_size=batch_size,
-            n_kv_heads=self.args.n_kv_heads,
+            # The layer's own count: a tensor-parallel shard caches only its kv heads.
+            n_kv_heads=self.block(0).attention.n_kv_heads,
             head_dim=self.args.head_dim,
             capacity=min(capacity, self.args.max_seq_len),
             device=weight.device,

@@ -1,0 +1,39 @@
+"""The inference engine: continuous batching over a paged KV cache, with streaming.
+
+Bookkeeping (`sequence`, `block_manager`, `scheduler`) is plain Python; `paged_attention`
+and `model_runner` hold the tensors; `LLMEngine` runs one step at a time and `AsyncEngine`
+streams `TokenChunk`s for many concurrent `generate(request)` calls. `build_engine` makes
+a ready engine for a model on one device.
+"""
+
+from workers.engine.async_engine import AsyncEngine, EngineDeadError, EngineDrainingError
+from workers.engine.block_manager import BlockManager
+from workers.engine.builder import EngineConfig, build_engine, engine_over
+from workers.engine.engine import LLMEngine
+from workers.engine.model_runner import Executor, LocalExecutor, ModelRunner, StepInput
+from workers.engine.request import GenerationRequest, TokenChunk, TokenLogprob, Usage
+from workers.engine.scheduler import Scheduler, SchedulerConfig
+from workers.engine.sequence import Sequence, SequenceStatus
+
+__all__ = [
+    "AsyncEngine",
+    "BlockManager",
+    "EngineConfig",
+    "EngineDeadError",
+    "EngineDrainingError",
+    "Executor",
+    "GenerationRequest",
+    "LLMEngine",
+    "LocalExecutor",
+    "ModelRunner",
+    "Scheduler",
+    "SchedulerConfig",
+    "Sequence",
+    "SequenceStatus",
+    "StepInput",
+    "TokenChunk",
+    "TokenLogprob",
+    "Usage",
+    "build_engine",
+    "engine_over",
+]

@@ -1,0 +1,208 @@
+"""The synchronous engine core: requests in, one model step per `step()`, chunks out.
+
+`LLMEngine` owns the scheduler (plain Python), an `Executor` (the model on one device or a
+sharded replica), per-choice sampling state and detokenizers. It is driven by
+`AsyncEngine`, which runs `step()` in a background loop; tests and benchmarks may drive
+it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers.engine.block_manager import BlockManager
+from workers.engine.detokenizer import IncrementalDetokenizer
+from workers.engine.model_runner import Executor, StepInput
+from workers.engine.paged_attention import SequenceChunk
+from workers.engine.request import FinishReason, GenerationRequest, TokenChunk, TokenLogprob, Usage
+from workers.engine.sampler import SamplingState, new_sampling_state, sample
+from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from workers.engine.sequence import Sequence
+from workers.tokenizer import Tokenizer
+
+
+@dataclass
+class _Choice:
+    index: int
+    seq: Sequence
+    sampling: SamplingState
+    detokenizer: IncrementalDetokenizer
+    finish_reason: FinishReason | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class _RequestState:
+    request: GenerationRequest
+    stop_ids: frozenset[int]
+    choices: list[_Choice] = field(default_factory=list)
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=len(self.request.prompt_token_ids),
+            completion_tokens=sum(c.completion_tokens for c in self.choices),
+        )
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        max_seq_len: int,
+        eos_token_ids: frozenset[int] = frozenset(),
+        tokenizer: Tokenizer | None = None,
+        scheduler_config: SchedulerConfig | None = None,
+        prefix_caching: bool = True,
+    ) -> None:
+        self.executor = executor
+        self.max_seq_len = max_seq_len
+        self.eos_token_ids = eos_token_ids
+        self.tokenizer = tokenizer
+        self.block_manager = BlockManager(
+            executor.num_blocks, executor.block_size, prefix_caching=prefix_caching
+        )
+        self.scheduler = Scheduler(scheduler_config or SchedulerConfig(), self.block_manager)
+        self._requests: dict[str, _RequestState] = {}
+        self._by_seq: dict[int, tuple[_RequestState, _Choice]] = {}
+        self.steps = 0
+
+    # -- requests -----------------------------------------------------------------------
+    def max_tokens_for(self, request: GenerationRequest) -> int:
+        """The request's token limit, checked against the context; ValueError says why."""
+        prompt = len(request.prompt_token_ids)
+        room = self.max_seq_len - prompt
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {prompt} tokens; this model's context is {self.max_seq_len}"
+                " tokens, so shorten the prompt"
+            )
+        if request.max_tokens is None:
+            return room
+        if request.max_tokens > room:
+            raise ValueError(
+                f"max_tokens {request.max_tokens} + prompt {prompt} tokens exceed the "
+                f"context of {self.max_seq_len}; use max_tokens <= {room}"
+            )
+        return request.max_tokens
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Every check `add_request` makes, without changing any state."""
+        if request.request_id in self._requests:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        max_tokens = self.max_tokens_for(request)
+        capacity = self.block_manager.num_blocks * self.block_manager.block_size
+        if len(request.prompt_token_ids) + max_tokens > capacity:
+            raise ValueError(
+                f"prompt + max_tokens ({len(request.prompt_token_ids) + max_tokens} tokens) "
+                f"exceed this replica's KV cache of {capacity} tokens; lower max_tokens"
+            )
+
+    def add_request(self, request: GenerationRequest) -> None:
+        self.validate(request)
+        max_tokens = self.max_tokens_for(request)
+        stop_ids = frozenset(request.stop_token_ids)
+        if not request.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        state = _RequestState(request, stop_ids)
+        for index in range(request.n):
+            seq = Sequence(list(request.prompt_token_ids), max_tokens)
+            sampling = new_sampling_state(
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=request.top_k,
+                seed=request.seed,
+                choice=index,
+                num_logprobs=request.logprobs,
+            )
+            detok = IncrementalDetokenizer(self.tokenizer, request.stop)
+            choice = _Choice(index, seq, sampling, detok)
+            state.choices.append(choice)
+            self._by_seq[seq.seq_id] = (state, choice)
+        self._requests[request.request_id] = state
+        for choice in state.choices:
+            self.scheduler.add(choice.seq)
+
+    def abort(self, request_id: str) -> Usage | None:
+        """Stop a request now and free its KV blocks; returns its usage so far."""
+        state = self._requests.pop(request_id, None)
+        if state is None:
+            return None
+        for choice in state.choices:
+            if choice.finish_reason is None:
+                choice.finish_reason = "cancelled"
+                self.scheduler.finish(choice.seq)
+            self._by_seq.pop(choice.seq.seq_id, None)
+        return state.usage()
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    # -- stepping -----------------------------------------------------------------------
+    def step(self) -> list[TokenChunk]:
+        plan = self.scheduler.schedule()
+        if not plan.scheduled:
+            return []
+        step_input = self._step_input(plan)
+        sampling_seqs = [item.seq for item in plan.scheduled if item.samples]
+        logits = self.executor.execute(step_input)
+        self.scheduler.update(plan)
+        self.steps += 1
+        states = [self._by_seq[seq.seq_id][1].sampling for seq in sampling_seqs]
+        tokens, logprobs = sample(logits, states)
+        chunks = []
+        for seq, token, logprob in zip(sampling_seqs, tokens, logprobs, strict=True):
+            chunks.append(self._accept(seq, token, logprob))
+        return chunks
+
+    def _step_input(self, plan: SchedulerOutput) -> StepInput:
+        token_ids: list[int] = []
+        positions: list[int] = []
+        chunks: list[SequenceChunk] = []
+        sample_rows: list[int] = []
+        for item in plan.scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            token_ids.extend(seq.tokens_between(start, end))
+            positions.extend(range(start, end))
+            chunks.append(SequenceChunk(start, item.num_new_tokens, list(seq.block_table)))
+            if item.samples:
+                sample_rows.append(len(token_ids) - 1)
+        return StepInput(token_ids, positions, chunks, sample_rows)
+
+    def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> TokenChunk:
+        state, choice = self._by_seq[seq.seq_id]
+        seq.output_token_ids.append(token)
+        choice.completion_tokens += 1
+        new_ids: list[int] = []
+        reason: FinishReason | None = None
+        if token in state.stop_ids:
+            reason = "stop"
+        else:
+            new_ids.append(token)
+            if choice.detokenizer.add(token):
+                reason = "stop"
+            elif seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_seq_len:
+                reason = "length"
+        if reason is not None:
+            self._finish(state, choice, reason)
+        return TokenChunk(
+            request_id=state.request.request_id,
+            index=choice.index,
+            token_ids=new_ids,
+            text=choice.detokenizer.release(final=reason is not None),
+            usage=state.usage(),
+            finish_reason=reason,
+            logprobs=[logprob] if logprob is not None else None,
+        )
+
+    def _finish(self, state: _RequestState, choice: _Choice, reason: FinishReason) -> None:
+        choice.finish_reason = reason
+        self.scheduler.finish(choice.seq)
+        self._by_seq.pop(choice.seq.seq_id, None)
+        if all(c.finish_reason is not None for c in state.choices):
+            del self._requests[state.request.request_id]

@@ -1,0 +1,96 @@
+"""Runs one engine step on a model shard: flattened tokens in, last-token logits out.
+
+`StepInput` is plain data so the driver can send the same step to every rank of a sharded
+replica; each rank owns a `ModelRunner` with its model shard and its own paged cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from workers.engine.paged_attention import (
+    PagedAttention,
+    PagedKVCache,
+    SequenceChunk,
+    build_paged_batch,
+)
+from workers.model import MoETransformer
+
+
+@dataclass(frozen=True)
+class StepInput:
+    token_ids: list[int]  # every scheduled token, sequence after sequence
+    positions: list[int]
+    chunks: list[SequenceChunk]
+    sample_rows: list[int]  # offsets of the tokens whose next-token logits are wanted
+
+
+class Executor(Protocol):
+    """Runs steps on one device or on every rank of a sharded replica."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    def execute(self, step: StepInput) -> torch.Tensor:
+        """Logits [len(step.sample_rows), V] (fp32, on CPU)."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+class ModelRunner:
+    def __init__(self, model: MoETransformer, *, num_blocks: int, block_size: int) -> None:
+        self.model = model
+        weight = model.output.weight
+        self.device = weight.device
+        self.cache = PagedKVCache(
+            n_layers=model.args.n_layers,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            n_kv_heads=model.block(0).attention.n_kv_heads,  # per-rank count when sharded
+            head_dim=model.args.head_dim,
+            device=self.device,
+            dtype=weight.dtype,
+        )
+
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> torch.Tensor:
+        device = self.device
+        batch = build_paged_batch(
+            step.chunks,
+            block_size=self.cache.block_size,
+            sliding_window=self.model.args.sliding_window,
+            device=device,
+        )
+        ids = torch.tensor(step.token_ids, device=device).unsqueeze(0)  # [1, N]
+        positions = torch.tensor(step.positions, device=device).unsqueeze(0)
+        hidden = self.model.hidden_states(ids, positions, PagedAttention(self.cache, batch))
+        rows = torch.tensor(step.sample_rows, device=device)
+        return self.model.output(hidden[0, rows]).float().cpu()
+
+
+class LocalExecutor:
+    """The whole model in this process, on one device."""
+
+    def __init__(self, model: MoETransformer, *, num_blocks: int, block_size: int) -> None:
+        self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=block_size)
+
+    @property
+    def block_size(self) -> int:
+        return self.runner.cache.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.runner.cache.num_blocks
+
+    def execute(self, step: StepInput) -> torch.Tensor:
+        return self.runner.execute(step)
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,90 @@
+"""The replica: one engine per Ray Serve replica, many streams in flight.
+
+`LLMServer` is a plain class (Ray Serve wraps it in `app.py`), so tests can construct it
+directly, with a real engine or an injected one. Its step loop runs in the background from
+the first request; `generate` streams `TokenChunk`s; when the caller goes away (the
+handle's stream is cancelled) the request is aborted and its KV blocks freed before the
+next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import torch
+
+from workers.engine import AsyncEngine, GenerationRequest, TokenChunk, build_engine, engine_over
+from workers.serve.config import WorkerAppConfig
+from workers.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[WorkerAppConfig], AsyncEngine]
+
+
+def build_async_engine(config: WorkerAppConfig) -> AsyncEngine:
+    """Load the model (sharded over the replica's placement group when shards > 1)."""
+    if config.threads_per_shard:
+        torch.set_num_threads(config.threads_per_shard)
+    tokenizer = load_tokenizer(config.model.tokenizer_name())
+    if config.shards == 1:
+        model = config.model.load(config.device)
+        return AsyncEngine(build_engine(model, config.engine, tokenizer=tokenizer))
+    from workers.parallel.ray_executor import ShardedExecutor  # needs a Ray worker
+
+    executor = ShardedExecutor(
+        config.model,
+        mode=config.parallel_mode,
+        world_size=config.shards,
+        device=config.device,
+        num_blocks=config.engine.num_blocks,
+        block_size=config.engine.block_size,
+        cpus_per_rank=config.cpus_per_shard,
+        threads_per_rank=config.threads_per_shard,
+    )
+    return AsyncEngine(
+        engine_over(executor, config.model.args(), config.engine, tokenizer=tokenizer)
+    )
+
+
+class LLMServer:
+    def __init__(self, config: WorkerAppConfig, engine_factory: EngineFactory | None = None):
+        self.config = config
+        self.engine = (engine_factory or build_async_engine)(config)
+        log.info("replica of %s ready", config.name)
+
+    async def generate(
+        self, request: GenerationRequest | dict[str, Any]
+    ) -> AsyncIterator[TokenChunk]:
+        """Stream a request's chunks (call through `handle.options(stream=True)`)."""
+        if not isinstance(request, GenerationRequest):
+            request = GenerationRequest.model_validate(request)
+        async for chunk in self.engine.generate(request):
+            yield chunk
+
+    async def stats(self) -> dict[str, int]:
+        """Engine occupancy: in-flight requests, KV blocks, preemptions, prefix-cache hits."""
+        core = self.engine.engine
+        blocks = core.block_manager
+        return {
+            "in_flight_requests": self.engine.num_in_flight,
+            "kv_blocks_total": blocks.num_blocks,
+            "kv_blocks_free": blocks.num_free_blocks,
+            "preemptions": core.scheduler.num_preemptions,
+            "prefix_cache_hit_tokens": blocks.prefix_hits,
+            "prefix_cache_query_tokens": blocks.prefix_queries,
+            "steps": core.steps,
+        }
+
+    async def check_health(self) -> None:
+        """Raises when the engine's step loop died, so Serve replaces the replica."""
+        self.engine.check_health()
+
+    async def __del__(self) -> None:
+        """Graceful drain: running requests finish (bounded), then ranks and memory go."""
+        drained = await self.engine.drain(self.config.graceful_shutdown_timeout_s)
+        if not drained:
+            log.warning("shutdown timeout: requests still running were aborted")
+        self.engine.engine.executor.shutdown()

@@ -1,7 +1,13 @@
-"""`python -m workers.bench`: time prefill + decode of a static batch of random prompts.
+"""`python -m workers.bench`: how fast the model and the serving engine run.
 
-Reports output tokens/s (generated tokens ÷ wall seconds, prefill included), prefill
-tokens/s, milliseconds per decode step, and the bandwidth limit for the same shape.
+Static mode (default) times prefill + decode of one batch of random prompts: output
+tokens/s (generated tokens ÷ wall seconds, prefill included), prefill tokens/s,
+milliseconds per decode step, and the bandwidth limit for the same shape.
+
+`--engine` mode serves `--requests` random requests at `--concurrency` through the
+continuous-batching engine (lengths drawn from `--prompt-len A:B` / `--gen-len A:B`) and
+compares with HF transformers in padded static batches on the same requests, plus a
+shared-prefix workload with prefix caching off and on (`workers.engine_bench`).
 """
 
 from __future__ import annotations
@@ -26,9 +32,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="Hugging Face checkpoint directory")
     source.add_argument("--preset", help="built-in preset name, e.g. dbrx-tiny")
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--prompt-len", type=int, required=True)
-    parser.add_argument("--gen-len", type=int, required=True)
+    parser.add_argument("--engine", action="store_true", help="benchmark the serving engine")
+    parser.add_argument("--batch-size", type=int, help="static mode: sequences per batch")
+    parser.add_argument("--prompt-len", required=True, help="tokens; engine mode: LOW:HIGH")
+    parser.add_argument("--gen-len", required=True, help="tokens; engine mode: LOW:HIGH")
+    parser.add_argument("--requests", type=int, default=64, help="engine mode: requests")
+    parser.add_argument("--concurrency", type=int, default=16, help="engine mode: clients")
+    parser.add_argument(
+        "--shared-prefix", type=int, default=192, help="engine mode: system-prompt tokens"
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="engine mode: skip HF transformers"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
@@ -93,6 +108,18 @@ def run_benchmark(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.engine:
+        from workers.engine_cli import run_engine_benchmark
+
+        return run_engine_benchmark(args, load_model)
+    if args.batch_size is None:
+        print("error: static mode needs --batch-size (or use --engine)", file=sys.stderr)
+        return 2
+    try:
+        args.prompt_len, args.gen_len = int(args.prompt_len), int(args.gen_len)
+    except ValueError:
+        print("error: static mode takes whole numbers for --prompt-len/--gen-len", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

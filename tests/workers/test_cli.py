@@ -125,3 +125,47 @@ def test_bench_json_last_line_has_the_documented_fields() -> None:
     ):
         assert report[field] > 0, field
     assert report["output_tokens_per_s"] < report["bandwidth_limit_tokens_per_s"] * 1.5
+
+
+def test_engine_bench_reports_latency_baseline_and_prefix_gain() -> None:
+    done = _run(
+        "-m",
+        "workers.bench",
+        "--engine",
+        "--preset",
+        "dbrx-tiny",
+        "--requests",
+        "6",
+        "--concurrency",
+        "3",
+        "--prompt-len",
+        "8:24",
+        "--gen-len",
+        "2:6",
+        "--shared-prefix",
+        "32",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    engine = report["engine"]
+    assert engine["output_tokens_per_s"] > 0 and engine["ttft_p50_ms"] <= engine["ttft_p99_ms"]
+    assert report["requests_with_identical_tokens"] == 6  # same weights, same greedy tokens
+    assert report["hf_static"]["output_tokens_per_s"] > 0
+    assert report["prefix_cache"]["hit_rate"] > 0.2  # the first wave of 3 computes the prefix
+    assert "| moeserve engine |" in done.stdout
+
+
+def test_engine_bench_rejects_a_bad_length_range() -> None:
+    done = _run(
+        "-m",
+        "workers.bench",
+        "--engine",
+        "--preset",
+        "dbrx-tiny",
+        "--prompt-len",
+        "9:3",
+        "--gen-len",
+        "4",
+    )
+    assert done.returncode == 2 and "LOW:HIGH" in done.stderr

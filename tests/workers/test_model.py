@@ -7,6 +7,7 @@ import torch
 
 from workers.model import build_random, from_preset
 from workers.model.attention_context import attention_mask
+from workers.model.layers import lm_head, vocab_chunks
 from workers.model.presets import preset
 
 SMALL = preset("dbrx-tiny").args.replace(vocab_size=512)
@@ -99,3 +100,26 @@ def test_sliding_window_mask_limits_lookback() -> None:
 def test_invalid_args_are_explained() -> None:
     with pytest.raises(ValueError, match="multiple of n_kv_heads"):
         SMALL.replace(n_kv_heads=3)
+
+
+def test_padded_batch_dispatch_matches_the_loop_and_only_runs_when_every_expert_is_hit() -> None:
+    moe = build_random(SMALL, seed=3, std=0.08).block(0).moe
+    x = torch.randn(24, SMALL.d_model)  # 96 slots over 16 experts: all hit
+    counts = torch.bincount(moe.router(x)[1].flatten(), minlength=SMALL.n_experts)
+    assert moe._use_padded(counts)
+    padded = moe(x)
+    moe.padded_max_rows = 0
+    assert (padded - moe(x)).abs().max().item() < 1e-5
+    moe.padded_max_rows = 16
+    idle = counts.clone()
+    idle[0] = 0
+    assert not moe._use_padded(idle)  # the loop never reads an idle expert's weights
+    assert not moe._use_padded(counts * 20)  # many rows per expert: the loop is faster
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_chunked_lm_head_equals_one_matmul(rows: int) -> None:
+    weight = torch.randn(100352, 64)
+    x = torch.randn(2, rows, 64)
+    assert vocab_chunks(100352) == 49 and vocab_chunks(512) == 1
+    assert torch.allclose(lm_head(x, weight, 49), x @ weight.T, atol=1e-4)

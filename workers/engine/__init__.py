@@ -6,7 +6,12 @@ streams `TokenChunk`s for many concurrent `generate(request)` calls. `build_engi
 a ready engine for a model on one device.
 """
 
-from workers.engine.async_engine import AsyncEngine, EngineDeadError, EngineDrainingError
+from workers.engine.async_engine import (
+    AsyncEngine,
+    EngineDeadError,
+    EngineDrainingError,
+    torch_thread,
+)
 from workers.engine.block_manager import BlockManager
 from workers.engine.builder import EngineConfig, build_engine, engine_over
 from workers.engine.engine import LLMEngine
@@ -36,4 +41,5 @@ __all__ = [
     "Usage",
     "build_engine",
     "engine_over",
+    "torch_thread",
 ]

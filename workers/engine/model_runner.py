@@ -72,7 +72,7 @@ class ModelRunner:
         positions = torch.tensor(step.positions, device=device).unsqueeze(0)
         hidden = self.model.hidden_states(ids, positions, PagedAttention(self.cache, batch))
         rows = torch.tensor(step.sample_rows, device=device)
-        return self.model.output(hidden[0, rows]).float().cpu()
+        return self.model.logits(hidden[0, rows]).float().cpu()
 
 
 class LocalExecutor:

@@ -55,6 +55,8 @@ class MoE(nn.Module):
         # None picks per call: grouped on CUDA (one launch for all experts); on CPU the
         # per-expert loop measured as fast at decode and ~20% faster at prefill.
         self.use_grouped_mm: bool | None = None
+        # Up to this many rows per expert, with every expert hit, use one padded bmm.
+        self.padded_max_rows = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
@@ -71,6 +73,8 @@ class MoE(nn.Module):
             grouped = x.device.type == "cuda"
         if grouped and grouped_mm_supported(x) and len(x) > 1:
             out = self._grouped(routed, counts)
+        elif self._use_padded(counts):
+            out = self._padded(routed, counts, flat_experts[order])
         else:
             out = self._looped(routed, counts)
         out = out * weights.flatten()[order].unsqueeze(-1)
@@ -91,6 +95,26 @@ class MoE(nn.Module):
             out[start:end] = h @ self.w2[expert]
             start = end
         return out
+
+    def _use_padded(self, counts: torch.Tensor) -> bool:
+        """Few tokens per expert and every expert hit (decode of a batch): one padded bmm
+        per projection beats a loop of tiny matmuls on CPU (measured ~1.5x at 4 rows per
+        expert). With idle experts the loop wins: it never reads their weights."""
+        if self.padded_max_rows == 0:
+            return False
+        low, high = counts.aminmax()
+        return bool(low > 0) and int(high) <= self.padded_max_rows
+
+    def _padded(
+        self, routed: torch.Tensor, counts: torch.Tensor, slot_experts: torch.Tensor
+    ) -> torch.Tensor:
+        width = int(counts.max())
+        starts = counts.cumsum(0) - counts
+        row = torch.arange(len(routed), device=routed.device) - starts[slot_experts]
+        padded = routed.new_zeros(self.n_experts, width, routed.shape[-1])
+        padded[slot_experts, row] = routed
+        h = self._glu(torch.bmm(padded, self.w13.transpose(1, 2)))  # [E, width, F]
+        return torch.bmm(h, self.w2)[slot_experts, row]
 
     def _grouped(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         offsets = counts.cumsum(0).to(torch.int32)

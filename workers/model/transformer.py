@@ -14,7 +14,7 @@ from torch import nn
 from workers.model.args import ModelArgs
 from workers.model.attention_context import AttentionContext, CausalAttention
 from workers.model.kv_cache import KVCache
-from workers.model.layers import Attention, Norm, rotary_tables
+from workers.model.layers import Attention, Norm, lm_head, rotary_tables, vocab_chunks
 from workers.model.moe import MoE
 
 
@@ -48,6 +48,7 @@ class MoETransformer(nn.Module):
         self.output = nn.Linear(args.d_model, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        self._vocab_chunks = vocab_chunks(args.vocab_size)
 
     def forward(
         self,
@@ -76,7 +77,11 @@ class MoETransformer(nn.Module):
             cache.advance(seqlen)
         if last_logits_only:
             x = x[:, -1:]
-        return self.output(x)
+        return self.logits(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [..., D] -> logits [..., V]."""
+        return lm_head(hidden, self.output.weight, self._vocab_chunks)
 
     def hidden_states(
         self,
@@ -84,7 +89,7 @@ class MoETransformer(nn.Module):
         positions: torch.Tensor,  # [B, T] absolute positions, for RoPE
         context: AttentionContext,
     ) -> torch.Tensor:
-        """Final-norm hidden states [B, T, D]; `self.output` turns them into logits.
+        """Final-norm hidden states [B, T, D]; `self.logits` turns them into logits.
 
         The engine calls this with all scheduled tokens flattened into one row (B = 1) and a
         paged `context` that knows which tokens belong to which sequence.

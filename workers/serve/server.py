@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-from workers.engine import AsyncEngine, GenerationRequest, TokenChunk, build_engine, engine_over
+from workers.engine import (
+    AsyncEngine,
+    GenerationRequest,
+    LLMEngine,
+    TokenChunk,
+    build_engine,
+    engine_over,
+    torch_thread,
+)
 from workers.serve.config import WorkerAppConfig
 from workers.tokenizer import load_tokenizer
 
@@ -25,13 +33,20 @@ EngineFactory = Callable[[WorkerAppConfig], AsyncEngine]
 
 
 def build_async_engine(config: WorkerAppConfig) -> AsyncEngine:
-    """Load the model (sharded over the replica's placement group when shards > 1)."""
+    """Load the model (sharded over the replica's placement group when shards > 1) in the
+    thread that will run every step (`torch_thread`)."""
+    thread = torch_thread()
+    core = thread.submit(_build_core_engine, config).result()
+    return AsyncEngine(core, step_thread=thread)
+
+
+def _build_core_engine(config: WorkerAppConfig) -> LLMEngine:
     if config.threads_per_shard:
         torch.set_num_threads(config.threads_per_shard)
     tokenizer = load_tokenizer(config.model.tokenizer_name())
     if config.shards == 1:
         model = config.model.load(config.device)
-        return AsyncEngine(build_engine(model, config.engine, tokenizer=tokenizer))
+        return build_engine(model, config.engine, tokenizer=tokenizer)
     from workers.parallel.ray_executor import ShardedExecutor  # needs a Ray worker
 
     executor = ShardedExecutor(
@@ -44,9 +59,7 @@ def build_async_engine(config: WorkerAppConfig) -> AsyncEngine:
         cpus_per_rank=config.cpus_per_shard,
         threads_per_rank=config.threads_per_shard,
     )
-    return AsyncEngine(
-        engine_over(executor, config.model.args(), config.engine, tokenizer=tokenizer)
-    )
+    return engine_over(executor, config.model.args(), config.engine, tokenizer=tokenizer)
 
 
 class LLMServer:

@@ -102,11 +102,15 @@ class AsyncEngine:
         return drained
 
     async def stop(self) -> None:
+        """Stop the step loop; returns once no step is running any more."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            # A step already on the torch thread keeps running; the thread runs one thing at
+            # a time, so this no-op finishes only after it.
+            await asyncio.wrap_future(self._stepper.submit(lambda: None))
 
     # -- requests -----------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:

@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from tests.workers.engine.conftest import greedy, random_prompts, run_to_end, tokens_of
 from workers.engine import EngineConfig, GenerationRequest, TokenChunk, build_engine
 from workers.model import ModelSource
-from workers.serve import WorkerAppConfig, build_app
+from workers.serve import AutoscalingSettings, WorkerAppConfig, build_app
 
 TINY = ModelSource(preset="dbrx-tiny", seed=5)
 ENGINE = EngineConfig(block_size=8, kv_cache_tokens=8192)
@@ -40,11 +40,13 @@ def stats(handle: DeploymentHandle) -> dict[str, int]:
     return result
 
 
-def wait_for_idle_blocks(handle: DeploymentHandle, timeout_s: float = 10) -> dict[str, int]:
+def wait_until_idle(handle: DeploymentHandle, timeout_s: float = 10) -> dict[str, int]:
+    """Stats once every KV block is free and no request is in flight (or at the timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
         current = stats(handle)
-        if current["kv_blocks_free"] == current["kv_blocks_total"] or time.monotonic() > deadline:
+        idle = current["kv_blocks_free"] == current["kv_blocks_total"]
+        if (idle and current["in_flight_requests"] == 0) or time.monotonic() > deadline:
             return current
         time.sleep(0.05)
 
@@ -66,15 +68,17 @@ def test_first_token_streams_before_a_200_token_generation_ends(
 
 
 def test_cancelling_mid_stream_returns_kv_blocks_to_idle(handle: DeploymentHandle) -> None:
-    idle = wait_for_idle_blocks(handle)["kv_blocks_free"]
-    response = stream(handle, greedy(random_prompts([40], seed=1)[0], 400, "cancel-me"))
+    idle = wait_until_idle(handle)
+    assert idle["kv_blocks_free"] == idle["kv_blocks_total"]
+    # 4000 tokens take far longer than the wait below: only cancellation frees the blocks.
+    response = stream(handle, greedy(random_prompts([40], seed=1)[0], 4000, "cancel-me"))
     for received, _ in enumerate(response, start=1):
         if received == 5:
-            assert stats(handle)["kv_blocks_free"] < idle
+            assert stats(handle)["kv_blocks_free"] < idle["kv_blocks_free"]
             response.cancel()
             break
-    after = wait_for_idle_blocks(handle)
-    assert after["kv_blocks_free"] == idle
+    after = wait_until_idle(handle)
+    assert after["kv_blocks_free"] == idle["kv_blocks_free"]
     assert after["in_flight_requests"] == 0
 
 
@@ -123,5 +127,25 @@ def test_sharded_replica_through_serve_gives_the_same_greedy_tokens(
         for request in requests:
             chunks = list(stream(handle, request))
             assert tokens_of(chunks) == tokens_of(expected[request.request_id])
+    finally:
+        serve.delete(config.name)
+
+
+def test_a_replica_scaled_to_zero_wakes_for_a_request(ray_cluster: None) -> None:
+    config = WorkerAppConfig(
+        name="tiny-zero",
+        model=TINY,
+        engine=ENGINE,
+        num_replicas=None,
+        autoscaling=AutoscalingSettings(
+            min_replicas=0, max_replicas=1, upscale_delay_s=0, downscale_delay_s=600
+        ),
+    )
+    handle = serve.run(build_app(config), name=config.name, route_prefix=None)
+    try:
+        deployment = serve.status().applications[config.name].deployments[config.name]
+        assert deployment.replica_states == {}  # parked: no replica until a request comes
+        chunks = list(stream(handle, greedy([1, 2, 3], 4, "wake")))
+        assert len(tokens_of(chunks)) == 4
     finally:
         serve.delete(config.name)

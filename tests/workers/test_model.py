@@ -78,6 +78,7 @@ def test_grouped_and_looped_expert_dispatch_agree() -> None:
 def test_experts_no_token_chose_are_never_read(use_grouped_mm: bool) -> None:
     moe = build_random(SMALL, seed=2, std=0.08).block(0).moe
     moe.use_grouped_mm = use_grouped_mm
+    moe.padded_max_rows = 0  # the padded batch streams idle experts by design (test above)
     x = torch.randn(3, SMALL.d_model)
     _, chosen = moe.router(x)
     expected = moe(x)
@@ -104,17 +105,34 @@ def test_invalid_args_are_explained() -> None:
 
 def test_padded_batch_dispatch_matches_the_loop_and_only_runs_when_every_expert_is_hit() -> None:
     moe = build_random(SMALL, seed=3, std=0.08).block(0).moe
-    x = torch.randn(24, SMALL.d_model)  # 96 slots over 16 experts: all hit
+    x = torch.randn(24, SMALL.d_model, generator=torch.Generator().manual_seed(3))
     counts = torch.bincount(moe.router(x)[1].flatten(), minlength=SMALL.n_experts)
     assert moe._use_padded(counts)
     padded = moe(x)
     moe.padded_max_rows = 0
     assert (padded - moe(x)).abs().max().item() < 1e-5
     moe.padded_max_rows = 16
-    idle = counts.clone()
-    idle[0] = 0
-    assert not moe._use_padded(idle)  # the loop never reads an idle expert's weights
+    few_idle, many_idle = counts.clone(), counts.clone()
+    few_idle[:4] = 0
+    many_idle[:5] = 0
+    assert moe._use_padded(few_idle)  # streaming 4 idle experts beats 16 tiny matmuls
+    assert not moe._use_padded(many_idle)  # the loop never reads an idle expert's weights
     assert not moe._use_padded(counts * 20)  # many rows per expert: the loop is faster
+
+
+def test_idle_experts_in_the_padded_batch_never_leak_into_the_output() -> None:
+    moe = build_random(SMALL, seed=4, std=0.08).block(0).moe
+    x = torch.randn(24, SMALL.d_model, generator=torch.Generator().manual_seed(4))
+    _, chosen = moe.router(x)
+    hit = set(chosen.flatten().tolist())
+    keep = x[[i for i in range(24) if 0 not in chosen[i].tolist()]]  # expert 0 goes idle
+    counts = torch.bincount(moe.router(keep)[1].flatten(), minlength=SMALL.n_experts)
+    assert 0 in hit and counts[0] == 0 and moe._use_padded(counts)
+    expected = moe(keep)
+    with torch.no_grad():
+        moe.w13[0] = float("nan")
+        moe.w2[0] = float("nan")
+    assert torch.equal(moe(keep), expected)
 
 
 @pytest.mark.parametrize("rows", [1, 5, 64])

@@ -112,6 +112,13 @@ class AsyncEngine:
             # a time, so this no-op finishes only after it.
             await asyncio.wrap_future(self._stepper.submit(lambda: None))
 
+    async def close(self) -> None:
+        """Stop, then release the executor (rank actors, process group) on the torch thread."""
+        await self.stop()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._stepper, self.engine.executor.shutdown)
+        self._stepper.shutdown(wait=False)
+
     # -- requests -----------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
         """Stream the request's chunks; the last one of each choice has `finish_reason`."""

@@ -100,4 +100,4 @@ class LLMServer:
         drained = await self.engine.drain(self.config.graceful_shutdown_timeout_s)
         if not drained:
             log.warning("shutdown timeout: requests still running were aborted")
-        self.engine.engine.executor.shutdown()
+        await self.engine.close()

@@ -132,3 +132,27 @@ def test_a_failed_step_fails_requests_and_health_checks() -> None:
             engine.check_health()
 
     asyncio.run(scenario())
+
+
+def test_close_releases_the_executor_on_the_torch_thread(tiny_model: MoETransformer) -> None:
+    import threading
+
+    from workers.engine import LocalExecutor, engine_over
+    from workers.engine.builder import EngineConfig
+
+    released_on: list[str] = []
+
+    class RecordingExecutor(LocalExecutor):
+        def shutdown(self) -> None:
+            released_on.append(threading.current_thread().name)
+
+    config = EngineConfig(kv_cache_tokens=256)
+    executor = RecordingExecutor(tiny_model, num_blocks=config.num_blocks, block_size=16)
+    engine = AsyncEngine(engine_over(executor, tiny_model.args, config))
+
+    async def scenario() -> None:
+        assert len(tokens_of(await collect(engine, greedy([1, 2], 3, "x")))) == 3
+        await engine.close()
+
+    asyncio.run(scenario())
+    assert len(released_on) == 1 and released_on[0].startswith("torch")

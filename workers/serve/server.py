@@ -96,7 +96,10 @@ class LLMServer:
         self.engine.check_health()
 
     async def __del__(self) -> None:
-        """Graceful drain: running requests finish (bounded), then ranks and memory go."""
+        """Graceful drain: running requests finish (bounded), then ranks and memory go.
+
+        Ray Serve awaits this once when it stops the replica (async `__del__` is its hook).
+        """
         drained = await self.engine.drain(self.config.graceful_shutdown_timeout_s)
         if not drained:
             log.warning("shutdown timeout: requests still running were aborted")

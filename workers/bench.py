@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from workers.generation import generate
-from workers.model import MoETransformer, from_preset, load_checkpoint
+from workers.model import TORCH_DTYPES, MoETransformer, from_preset, load_checkpoint
 from workers.roofline import bandwidth_limit_tokens_per_s, measure_memory_bandwidth
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = TORCH_DTYPES  # the names ModelSource (the serving config) uses too
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from workers.engine import EngineConfig, torch_thread
-from workers.engine_bench import median_gain, parse_range, random_workload, run_engine
+from workers.engine_bench import caching_gain, parse_range, random_workload, run_engine
 from workers.model import MoETransformer
 
 
@@ -122,7 +122,7 @@ def _prefix_cache_gain(
         "shared_prefix_tokens": args.shared_prefix,
         "off": runs[False].summary(),
         "on": runs[True].summary(),
-        **median_gain(runs[False], runs[True]),
+        **caching_gain(runs[False], runs[True]),
     }
 
 

@@ -86,8 +86,9 @@ class LLMEngine:
             )
         return request.max_tokens
 
-    def validate(self, request: GenerationRequest) -> None:
-        """Every check `add_request` makes, without changing any state."""
+    def validate(self, request: GenerationRequest) -> int:
+        """Every check `add_request` makes, without changing any state; returns the
+        request's token limit."""
         if request.request_id in self._requests:
             raise ValueError(f"request id {request.request_id!r} is already running")
         max_tokens = self.max_tokens_for(request)
@@ -97,10 +98,10 @@ class LLMEngine:
                 f"prompt + max_tokens ({len(request.prompt_token_ids) + max_tokens} tokens) "
                 f"exceed this replica's KV cache of {capacity} tokens; lower max_tokens"
             )
+        return max_tokens
 
     def add_request(self, request: GenerationRequest) -> None:
-        self.validate(request)
-        max_tokens = self.max_tokens_for(request)
+        max_tokens = self.validate(request)
         stop_ids = frozenset(request.stop_token_ids)
         if not request.ignore_eos:
             stop_ids |= self.eos_token_ids
@@ -137,10 +138,6 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
-
-    @property
-    def num_requests(self) -> int:
-        return len(self._requests)
 
     # -- stepping -----------------------------------------------------------------------
     def step(self) -> list[TokenChunk]:

@@ -45,13 +45,6 @@ class PagedKVCache:
     def nbytes(self) -> int:
         return self.storage.nbytes
 
-    @staticmethod
-    def bytes_per_block(
-        *, n_layers: int, block_size: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype
-    ) -> int:
-        element = torch.empty((), dtype=dtype).element_size()
-        return n_layers * 2 * block_size * n_kv_heads * head_dim * element
-
 
 @dataclass(frozen=True)
 class PrefillSegment:

@@ -45,10 +45,6 @@ class SchedulerOutput:
     scheduled: list[ScheduledSequence]
     preempted: list[Sequence]
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(item.num_new_tokens for item in self.scheduled)
-
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:

@@ -64,16 +64,6 @@ class Sequence:
     def num_uncomputed_tokens(self) -> int:
         return len(self) - self.num_computed_tokens
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
-
-    def token_at(self, index: int) -> int:
-        prompt = self.num_prompt_tokens
-        if index < prompt:
-            return self.prompt_token_ids[index]
-        return self.output_token_ids[index - prompt]
-
     def tokens_between(self, start: int, end: int) -> list[int]:
         prompt = self.prompt_token_ids
         if end <= len(prompt):

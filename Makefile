@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/python -m workers.generate --preset dbrx-tiny --chat --prompt "What is a mixture of experts?" --max-new-tokens 24
+	$(BIN)/moeserve run
 
 test: lint typecheck contracts pytest
 

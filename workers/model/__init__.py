@@ -7,7 +7,12 @@ loads a Hugging Face checkpoint directory, `save_checkpoint(model, dir)` writes 
 """
 
 from workers.model.args import ModelArgs
-from workers.model.checkpoint import load_checkpoint, read_args, save_checkpoint
+from workers.model.checkpoint import (
+    load_checkpoint,
+    read_args,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from workers.model.hf_format import CheckpointError
 from workers.model.kv_cache import KVCache
 from workers.model.presets import PRESETS, build_random, from_preset, preset
@@ -28,4 +33,5 @@ __all__ = [
     "preset",
     "read_args",
     "save_checkpoint",
+    "verify_checkpoint",
 ]

@@ -100,12 +100,22 @@ class _SafetensorsReader:
                 f"the config expects {list(shape)}"
             )
         self.used.add(name)
+        if self.device == "meta":  # verification: shapes only, no tensor data read
+            return torch.empty(shape, device="meta", dtype=self.dtype)
         return handle.get_tensor(name).to(device=self.device, dtype=self.dtype)
 
     def unused(self) -> list[str]:
         return sorted(
             n for n in self.location.keys() - self.used if not n.endswith(IGNORED_SUFFIXES)
         )
+
+
+def verify_checkpoint(path: str | Path) -> ModelArgs:
+    """Check a checkpoint directory without reading tensor data: a supported config, and
+    every tensor the config needs present with its shape, none left over. Raises
+    `CheckpointError` naming the problem."""
+    _read_state(Path(path), "meta", torch.float32)
+    return read_args(path)
 
 
 def load_checkpoint(
@@ -116,8 +126,19 @@ def load_checkpoint(
     args = read_args(root)
     with torch.device("meta"):
         model = MoETransformer(args)
+    state = _read_state(root, str(device), dtype)
+    if args.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval().requires_grad_(False)
+
+
+def _read_state(root: Path, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    args = read_args(root)
     with ExitStack() as stack:
-        reader = _SafetensorsReader(root, stack, str(device), dtype)
+        reader = _SafetensorsReader(root, stack, device, dtype)
         state = dict(hf_to_internal(args, reader, set(reader.location)))
         unused = reader.unused()
         if unused:
@@ -126,12 +147,7 @@ def load_checkpoint(
             raise CheckpointError(
                 f"checkpoint has tensors the {args.family} config does not use: {shown}{more}"
             )
-    if args.tie_embeddings:
-        state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if args.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    return model.eval().requires_grad_(False)
+    return state
 
 
 def _shards(

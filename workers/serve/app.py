@@ -23,6 +23,8 @@ def deployment_options(config: WorkerAppConfig) -> dict[str, Any]:
         "health_check_period_s": config.health_check_period_s,
         "ray_actor_options": {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0)},
     }
+    if config.environment_vars:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(config.environment_vars)}
     if config.autoscaling is not None:
         scaling = config.autoscaling
         options["autoscaling_config"] = {

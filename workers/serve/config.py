@@ -65,6 +65,9 @@ class WorkerAppConfig(BaseModel):
         default=30, ge=0, description="time in-flight requests get to finish on shutdown"
     )
     health_check_period_s: float = Field(default=10, gt=0)
+    environment_vars: dict[str, str] = Field(
+        default_factory=dict, description="set in every replica's process environment"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerAppConfig:

@@ -100,6 +100,8 @@ class LLMServer:
 
         Ray Serve awaits this once when it stops the replica (async `__del__` is its hook).
         """
+        if not hasattr(self, "engine"):  # the constructor failed: nothing to release
+            return
         drained = await self.engine.drain(self.config.graceful_shutdown_timeout_s)
         if not drained:
             log.warning("shutdown timeout: requests still running were aborted")

@@ -1,0 +1,32 @@
+"""HTTP routers, one per resource: management (`endpoints`, `endpoint_details`,
+`permissions`), tenancy (`workspaces`, `tokens`), the model registry (`models`), and the
+query gateway (`control_plane.gateway`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def routers() -> list[APIRouter]:
+    from control_plane.api import (
+        discovery,
+        endpoint_details,
+        endpoints,
+        models,
+        permissions,
+        tokens,
+        workspaces,
+    )
+    from control_plane.gateway import router as gateway
+
+    # endpoint_details first: its fixed paths must win over `/{name}` patterns.
+    return [
+        endpoint_details.router,
+        endpoints.router,
+        permissions.router,
+        workspaces.router,
+        tokens.router,
+        models.router,
+        gateway.router,
+        discovery.router,
+    ]

@@ -1,0 +1,36 @@
+"""The model registry API: built-in presets and registered checkpoint directories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.api.deps import CallerDep, SessionDep
+from control_plane.registry import list_models, public_record, register
+
+router = APIRouter(prefix="/api/2.0/models", tags=["models"])
+Json = dict[str, Any]
+
+
+class RegisterModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    source: str = Field(min_length=1, description="a Hugging Face checkpoint directory")
+
+
+@router.post("", response_model=Json)
+def register_model(body: RegisterModel, session: SessionDep, caller: CallerDep) -> Json:
+    record = register(
+        session, caller.workspace_id, caller.name, body.name, body.version, body.source
+    )
+    view = public_record(record)
+    session.commit()
+    return view
+
+
+@router.get("", response_model=Json)
+def get_models(session: SessionDep, caller: CallerDep) -> Json:
+    return {"models": list_models(session, caller.workspace_id)}

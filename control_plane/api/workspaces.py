@@ -1,0 +1,150 @@
+"""Account administration: workspaces and their principals (users, service principals,
+groups). Each new user or service principal gets an initial token, shown once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control_plane.api.deps import CallerDep, SessionDep
+from control_plane.auth import Caller, issue_token
+from control_plane.db.models import GroupMember, Principal, Workspace
+from control_plane.errors import AlreadyExists, InvalidParameter, NotFound, PermissionDenied
+from control_plane.ids import new_workspace_id, utcnow
+
+router = APIRouter(prefix="/api/2.0/workspaces", tags=["workspaces"])
+Json = dict[str, Any]
+PrincipalName = Field(min_length=1, max_length=255)
+
+
+class CreateWorkspace(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1, max_length=255)
+
+
+class CreateUser(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    user_name: str = PrincipalName
+    admin: bool = False
+
+
+class CreateServicePrincipal(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = PrincipalName
+    admin: bool = False
+
+
+class CreateGroup(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    group_name: str = PrincipalName
+    members: list[str] = Field(default_factory=list, description="user or service principal names")
+
+
+def _require_account_admin(caller: Caller) -> None:
+    if not caller.is_account_admin:
+        raise PermissionDenied("only account admins manage workspaces")
+
+
+def _workspace_for_admin(session: Session, caller: Caller, workspace_id: str) -> Workspace:
+    workspace = session.get(Workspace, workspace_id)
+    if workspace is None or workspace.account_id != caller.account_id:
+        raise NotFound(f"workspace {workspace_id!r} does not exist")
+    if not (
+        caller.is_account_admin
+        or (caller.is_workspace_admin and caller.workspace_id == workspace_id)
+    ):
+        if caller.workspace_id != workspace_id:
+            raise NotFound(f"workspace {workspace_id!r} does not exist")
+        raise PermissionDenied("only account admins and this workspace's admins add principals")
+    return workspace
+
+
+@router.post("", response_model=Json)
+def create_workspace(body: CreateWorkspace, session: SessionDep, caller: CallerDep) -> Json:
+    _require_account_admin(caller)
+    workspace = Workspace(
+        id=new_workspace_id(), account_id=caller.account_id, name=body.name, created_at=utcnow()
+    )
+    session.add(workspace)
+    try:
+        session.commit()
+    except IntegrityError:
+        raise AlreadyExists(f"workspace {body.name!r} already exists") from None
+    return {"workspace_id": workspace.id, "name": workspace.name}
+
+
+@router.get("", response_model=Json)
+def list_workspaces(session: SessionDep, caller: CallerDep) -> Json:
+    _require_account_admin(caller)
+    rows = session.scalars(
+        select(Workspace).where(Workspace.account_id == caller.account_id).order_by(Workspace.name)
+    ).all()
+    return {"workspaces": [{"workspace_id": w.id, "name": w.name} for w in rows]}
+
+
+def _add_principal(
+    session: Session, workspace: Workspace, kind: str, name: str, *, admin: bool
+) -> Principal:
+    principal = Principal(
+        workspace_id=workspace.id,
+        kind=kind,
+        name=name,
+        is_workspace_admin=admin,
+        is_account_admin=False,
+        created_at=utcnow(),
+    )
+    session.add(principal)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyExists(f"{kind.replace('_', ' ')} {name!r} already exists") from None
+    return principal
+
+
+@router.post("/{workspace_id}/users", response_model=Json)
+def create_user(
+    workspace_id: str, body: CreateUser, session: SessionDep, caller: CallerDep
+) -> Json:
+    workspace = _workspace_for_admin(session, caller, workspace_id)
+    user = _add_principal(session, workspace, "user", body.user_name, admin=body.admin)
+    token = issue_token(session, user, comment="initial token")
+    session.commit()
+    return {"user_name": user.name, "token_value": token.value}
+
+
+@router.post("/{workspace_id}/service-principals", response_model=Json)
+def create_service_principal(
+    workspace_id: str, body: CreateServicePrincipal, session: SessionDep, caller: CallerDep
+) -> Json:
+    workspace = _workspace_for_admin(session, caller, workspace_id)
+    principal = _add_principal(session, workspace, "service_principal", body.name, admin=body.admin)
+    token = issue_token(session, principal, comment="initial token")
+    session.commit()
+    return {"service_principal_name": principal.name, "token_value": token.value}
+
+
+@router.post("/{workspace_id}/groups", response_model=Json)
+def create_group(
+    workspace_id: str, body: CreateGroup, session: SessionDep, caller: CallerDep
+) -> Json:
+    workspace = _workspace_for_admin(session, caller, workspace_id)
+    members = session.scalars(
+        select(Principal).where(
+            Principal.workspace_id == workspace.id,
+            Principal.name.in_(body.members),
+            Principal.kind.in_(("user", "service_principal")),
+        )
+    ).all()
+    missing = sorted(set(body.members) - {m.name for m in members})
+    if missing:
+        raise InvalidParameter(f"no such users or service principals: {', '.join(missing)}")
+    group = _add_principal(session, workspace, "group", body.group_name, admin=False)
+    session.add_all(GroupMember(group_id=group.id, member_id=m.id) for m in members)
+    session.commit()
+    return {"group_name": group.name, "members": sorted(m.name for m in members)}

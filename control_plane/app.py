@@ -1,0 +1,94 @@
+"""`create_app(settings)`: the FastAPI application and its lifespan.
+
+Start-up order: migrations, the provider (local Ray or an attached cluster), bootstrap
+(account, admin, shared endpoints), the reconciler loop. Shutdown reverses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.api import routers
+from control_plane.bootstrap import bootstrap
+from control_plane.db import build_engine, session_factory, upgrade
+from control_plane.errors import install_error_handlers
+from control_plane.reconciler import Reconciler
+from control_plane.settings import Settings
+from control_plane.state import ControlPlane
+from deploy.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+ProviderFactory = Callable[[Settings], Provider]
+
+
+def local_provider(settings: Settings) -> Provider:
+    from deploy.providers.local import LocalRayProvider
+
+    return LocalRayProvider(address=settings.ray_address, num_cpus=settings.ray_num_cpus)
+
+
+def create_app(settings: Settings, provider_factory: ProviderFactory | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        plane = await asyncio.to_thread(_start, settings, provider_factory or local_provider)
+        app.state.plane = plane
+        if settings.run_reconciler:
+            plane.tasks.append(asyncio.create_task(plane.reconciler.run(), name="reconciler"))
+        try:
+            yield
+        finally:
+            for task in plane.tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.to_thread(_stop, plane)
+
+    app = FastAPI(
+        title="moeserve",
+        summary="Databricks-compatible model serving for Mixture-of-Experts LLMs",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in routers():
+        app.include_router(router)
+    return app
+
+
+def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlane:
+    engine = build_engine(settings.resolved_database_url())
+    log.info("applying database migrations")
+    upgrade(engine)
+    provider = provider_factory(settings)
+    log.info("connecting to Ray (%s)", settings.ray_address or "local")
+    provider.start()
+    sessions = session_factory(engine)
+    plane = ControlPlane(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        provider=provider,
+        reconciler=Reconciler(sessions, provider, settings),
+    )
+    for attempt in range(2):  # two processes bootstrapping one database: the loser re-reads
+        with sessions() as session:
+            try:
+                plane.generated_admin_token = bootstrap(session, settings, plane.check_capacity)
+                session.commit()
+                break
+            except IntegrityError:
+                session.rollback()
+                if attempt:
+                    raise
+    return plane
+
+
+def _stop(plane: ControlPlane) -> None:
+    plane.provider.stop()
+    plane.engine.dispose()

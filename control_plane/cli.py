@@ -1,0 +1,146 @@
+"""`moeserve` console script. `moeserve run` starts the whole embedded platform: database
+migrations, local Ray (or attach with --ray-address), the API, and the shared
+`databricks-dbrx-tiny` endpoint; it shows progress while the model loads, then prints the
+URLs, the admin token (when generated) and examples to paste. Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from control_plane.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moeserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve the control plane and the shared endpoints")
+    run.add_argument("--host", help="bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (default 8080)")
+    run.add_argument("--db", help="database URL (default: SQLite in the data dir)")
+    run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
+    run.add_argument("--data-dir", type=Path, help="SQLite file and logs (default .moeserve)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "database_url": args.db,
+            "ray_address": args.ray_address,
+            "data_dir": args.data_dir,
+        }.items()
+        if value is not None
+    }
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "run":
+        return run(settings_from(args))
+    return 2
+
+
+def run(settings: Settings) -> int:
+    import uvicorn
+
+    from control_plane.app import create_app
+
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    )
+    threading.Thread(
+        target=_announce, args=(server, app, settings), name="announce", daemon=True
+    ).start()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+        server.run()
+    print("moeserve stopped", flush=True)
+    return 0
+
+
+def _announce(server: Any, app: Any, settings: Settings) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.2)
+    plane = app.state.plane
+    base = settings.base_url()
+    print(f"\nmoeserve is up at {base} (API docs: {base}/docs)", flush=True)
+    token = plane.generated_admin_token
+    if token:
+        print(f"admin token (shown once; keep it): {token}", flush=True)
+    elif settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+    for shared in settings.shared_endpoints:
+        _wait_ready(plane, shared.name, server)
+    if server.should_exit or not settings.shared_endpoints:
+        return
+    shown = token or "$DATABRICKS_TOKEN"
+    name = settings.shared_endpoints[0].name
+    body = '{"messages": [{"role": "user", "content": "What is a mixture of experts?"}], '
+    body += '"max_tokens": 32}'
+    print(
+        "\nTry it:\n"
+        f"  curl -s {base}/serving-endpoints/{name}/invocations \\\n"
+        f"    -H 'Authorization: Bearer {shown}' -H 'Content-Type: application/json' \\\n"
+        f"    -d {shlex.quote(body)}\n\n"
+        '  python -c "from openai import OpenAI; '
+        f"c = OpenAI(api_key='{shown}', base_url='{base}/serving-endpoints'); "
+        f"print(c.chat.completions.create(model='{name}', max_tokens=32, "
+        "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"\n\n"
+        f"  databricks-sdk: WorkspaceClient(host='{base}', token='{shown}').serving_endpoints\n"
+        + ("" if token else "  (the admin token was printed on first start)\n")
+        + "Ctrl-C stops moeserve.",
+        flush=True,
+    )
+
+
+def _wait_ready(plane: Any, name: str, server: Any) -> None:
+    from control_plane.db.models import Endpoint
+
+    started = time.monotonic()
+    last = ""
+    while not server.should_exit:
+        with plane.sessions() as session:
+            endpoint = session.scalars(
+                select(Endpoint).where(Endpoint.name == name, Endpoint.workspace_id.is_(None))
+            ).first()
+        if endpoint is None:
+            return
+        states = sorted({d.get("deployment", "") for d in endpoint.deployments.values()})
+        line = f"{endpoint.ready}/{endpoint.config_update} {' '.join(s for s in states if s)}"
+        elapsed = time.monotonic() - started
+        if endpoint.ready == "READY":
+            print(f"{name}: READY ({elapsed:.1f} s)", flush=True)
+            return
+        if endpoint.config_update == "UPDATE_FAILED":
+            messages = "; ".join(
+                d.get("deployment_state_message", "") for d in endpoint.deployments.values()
+            )
+            print(f"{name}: FAILED: {messages}", file=sys.stderr, flush=True)
+            return
+        if line != last:
+            print(f"{name}: loading the model ... {line} ({elapsed:.0f} s)", flush=True)
+            last = line
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

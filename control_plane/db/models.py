@@ -1,0 +1,162 @@
+"""The control plane's tables: tenancy, tokens, the model registry, endpoints, the capacity
+timeline. Alembic (`control_plane/db/migrations`) owns the schema; these are its source."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from control_plane.db.base import Base, Id, Name, Timestamp
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[Id]
+    name: Mapped[Name]
+    created_at: Mapped[Timestamp]
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[Name]
+    created_at: Mapped[Timestamp]
+
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+
+class Principal(Base):
+    """A user, service principal or group of one workspace."""
+
+    __tablename__ = "principals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # user | service_principal | group
+    name: Mapped[Name]
+    is_workspace_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_account_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[Timestamp]
+
+    __table_args__ = (UniqueConstraint("workspace_id", "kind", "name"),)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class Token(Base):
+    """A personal access token: only its SHA-256 digest is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[Id]
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    comment: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[Timestamp]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class RegisteredModel(Base):
+    __tablename__ = "registered_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[Name]
+    version: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(4096))
+    model_type: Mapped[str] = mapped_column(String(32))
+    creator: Mapped[Name]
+    created_at: Mapped[Timestamp]
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name", "version"),)
+
+
+class Endpoint(Base):
+    """Desired config (`config`, `pending_config` while an update rolls) and the state the
+    reconciler last observed. Shared endpoints have no workspace."""
+
+    __tablename__ = "endpoints"
+
+    id: Mapped[Id]
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    workspace_id: Mapped[str | None] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[str] = mapped_column(String(63))
+    creator: Mapped[Name]
+    description: Mapped[str] = mapped_column(String(4096), default="")
+    task: Mapped[str | None] = mapped_column(String(64))
+    route_optimized: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+    config_version: Mapped[int] = mapped_column(Integer, default=0)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    pending_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    update_started_at: Mapped[datetime | None]
+    ready: Mapped[str] = mapped_column(String(16), default="NOT_READY")
+    config_update: Mapped[str] = mapped_column(String(32), default="IN_PROGRESS")
+    # app name -> {"deployment": DEPLOYMENT_*, "deployment_state_message": str}
+    deployments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ai_gateway: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    rate_limits: Mapped[list[Any] | None] = mapped_column(JSON)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "workspace_id", "name"),
+        Index("ix_endpoints_name", "name"),
+    )
+
+
+class EndpointPermission(Base):
+    __tablename__ = "endpoint_permissions"
+
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    principal_id: Mapped[int] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[str] = mapped_column(String(16))  # CAN_MANAGE | CAN_QUERY | CAN_VIEW
+
+
+class CapacityInterval(Base):
+    """The capacity timeline: one row per period during which a served entity held a given
+    capacity. A change closes the open row (`ended_at`) and opens a new one; rows are never
+    edited otherwise. Provisioned-throughput billing integrates it. Kept after the endpoint
+    is deleted (no foreign key), so its history stays billable."""
+
+    __tablename__ = "capacity_timeline"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(String(32), index=True)
+    account_id: Mapped[str] = mapped_column(String(32))
+    workspace_id: Mapped[str | None] = mapped_column(String(32))
+    endpoint_name: Mapped[str] = mapped_column(String(63))
+    served_entity_name: Mapped[Name]
+    entity_name: Mapped[Name]
+    entity_version: Mapped[str] = mapped_column(String(64))
+    workload_type: Mapped[str] = mapped_column(String(32))
+    workload_size: Mapped[str | None] = mapped_column(String(16))
+    min_replicas: Mapped[int] = mapped_column(Integer)
+    max_replicas: Mapped[int] = mapped_column(Integer)
+    gpus_per_replica: Mapped[int] = mapped_column(Integer)
+    provisioned_chunks: Mapped[int] = mapped_column(Integer, default=0)
+    scale_to_zero_enabled: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[Timestamp]
+    ended_at: Mapped[datetime | None]

@@ -1,0 +1,93 @@
+"""Pure capacity decisions: replicas from workload size or provisioned throughput, the
+Serve application name of a served entity, and the worker config it deploys as."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from control_plane.settings import WorkerDefaults
+from deploy.workload_types import workload_type
+from workers.engine import EngineConfig
+from workers.model import ModelSource
+from workers.serve import AutoscalingSettings, WorkerAppConfig
+
+# Concurrent requests each workload size promises (the upper end of Databricks' ranges).
+WORKLOAD_CONCURRENCY = {"Small": 4, "Medium": 16, "Large": 64}
+
+# Tokens/s one provisioned-throughput chunk buys. A single constant until the billing
+# rate card (which derives it per model from a replica's measured throughput) lands.
+DEFAULT_THROUGHPUT_CHUNK_SIZE = 100
+
+APP_PREFIX = "ms-"
+
+
+def throughput_chunk_size(model_family: str) -> int:
+    del model_family  # one constant for every family until the rate card lands
+    return DEFAULT_THROUGHPUT_CHUNK_SIZE
+
+
+def replicas_for_size(size: str, defaults: WorkerDefaults) -> int:
+    return max(1, math.ceil(WORKLOAD_CONCURRENCY[size] / defaults.concurrency_per_replica))
+
+
+def endpoint_app_prefix(endpoint_id: str) -> str:
+    return f"{APP_PREFIX}{endpoint_id}-"
+
+
+def endpoint_id_of_app(app_name: str) -> str | None:
+    if not app_name.startswith(APP_PREFIX):
+        return None
+    rest = app_name[len(APP_PREFIX) :]
+    endpoint_id, sep, _ = rest.partition("-")
+    return endpoint_id if sep else None
+
+
+def app_name(endpoint_id: str, entity: dict[str, Any]) -> str:
+    """Deterministic, and different whenever what the app runs differs: a config update
+    that changes an entity deploys a new app beside the old one; one that does not,
+    keeps it."""
+    spec = {
+        key: entity[key]
+        for key in (
+            "model_source",
+            "workload_type",
+            "min_replicas",
+            "max_replicas",
+            "scale_to_zero_enabled",
+            "environment_vars",
+        )
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{endpoint_app_prefix(endpoint_id)}{entity['name']}-{digest}"
+
+
+def worker_config(entity: dict[str, Any], defaults: WorkerDefaults) -> WorkerAppConfig:
+    shape = workload_type(entity["workload_type"])
+    scaling: AutoscalingSettings | None = None
+    replicas: int | None = entity["max_replicas"]
+    if entity["scale_to_zero_enabled"] or entity["min_replicas"] != entity["max_replicas"]:
+        scaling = AutoscalingSettings(
+            min_replicas=entity["min_replicas"],
+            max_replicas=entity["max_replicas"],
+            target_ongoing_requests=defaults.concurrency_per_replica,
+            downscale_delay_s=defaults.downscale_delay_s,
+        )
+        replicas = None
+    return WorkerAppConfig(
+        name="llm",
+        model=ModelSource.model_validate(entity["model_source"]),
+        device=shape.device,
+        shards=shape.devices_per_replica,
+        num_replicas=replicas,
+        autoscaling=scaling,
+        max_ongoing_requests=defaults.max_ongoing_requests,
+        engine=EngineConfig(
+            kv_cache_tokens=defaults.kv_cache_tokens, max_num_seqs=defaults.max_num_seqs
+        ),
+        cpus_per_shard=defaults.cpus_per_shard,
+        threads_per_shard=defaults.threads_per_shard,
+        environment_vars=entity["environment_vars"] or {},
+    )

@@ -1,0 +1,86 @@
+"""The capacity timeline: append-only intervals of what each served entity holds.
+
+`record_capacity` is called when a config goes live: for every served entity whose
+capacity differs from its open interval, the open one is closed and a new one opened.
+`close_intervals` ends them all (endpoint deleted). Billing integrates these intervals.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from control_plane.db.models import CapacityInterval, Endpoint
+from deploy.workload_types import workload_type
+
+_CAPACITY_FIELDS = (
+    "entity_name",
+    "entity_version",
+    "workload_type",
+    "workload_size",
+    "min_replicas",
+    "max_replicas",
+    "gpus_per_replica",
+    "provisioned_chunks",
+    "scale_to_zero_enabled",
+)
+
+
+def _capacity(entity: dict[str, Any]) -> dict[str, Any]:
+    shape = workload_type(entity["workload_type"])
+    return {
+        "entity_name": entity["entity_name"],
+        "entity_version": entity["entity_version"],
+        "workload_type": entity["workload_type"],
+        "workload_size": entity["workload_size"],
+        "min_replicas": entity["min_replicas"],
+        "max_replicas": entity["max_replicas"],
+        "gpus_per_replica": shape.devices_per_replica if shape.device == "cuda" else 0,
+        "provisioned_chunks": entity["provisioned_chunks"],
+        "scale_to_zero_enabled": entity["scale_to_zero_enabled"],
+    }
+
+
+def open_intervals(session: Session, endpoint_id: str) -> list[CapacityInterval]:
+    return list(
+        session.scalars(
+            select(CapacityInterval).where(
+                CapacityInterval.endpoint_id == endpoint_id, CapacityInterval.ended_at.is_(None)
+            )
+        ).all()
+    )
+
+
+def record_capacity(session: Session, endpoint: Endpoint, now: datetime) -> None:
+    assert endpoint.config is not None
+    wanted = {e["name"]: _capacity(e) for e in endpoint.config["served_entities"]}
+    for interval in open_intervals(session, endpoint.id):
+        current = {f: getattr(interval, f) for f in _CAPACITY_FIELDS}
+        if wanted.get(interval.served_entity_name) == current:
+            del wanted[interval.served_entity_name]  # unchanged: the interval stays open
+        else:
+            interval.ended_at = now
+    for served_name, capacity in wanted.items():
+        session.add(
+            CapacityInterval(
+                endpoint_id=endpoint.id,
+                account_id=endpoint.account_id,
+                workspace_id=endpoint.workspace_id,
+                endpoint_name=endpoint.name,
+                served_entity_name=served_name,
+                started_at=now,
+                ended_at=None,
+                **capacity,
+            )
+        )
+
+
+def close_intervals(session: Session, endpoint_id: str, now: datetime) -> None:
+    session.execute(
+        update(CapacityInterval)
+        .where(CapacityInterval.endpoint_id == endpoint_id, CapacityInterval.ended_at.is_(None))
+        .values(ended_at=now)
+    )

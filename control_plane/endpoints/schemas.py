@@ -1,0 +1,128 @@
+"""Request bodies of the management API (Databricks Model Serving 2.0 shapes).
+
+Unknown fields are ignored, as the Databricks service does, so newer SDKs keep working;
+legacy `served_models` are accepted and mapped onto `served_entities`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+WorkloadSize = Literal["Small", "Medium", "Large"]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ServedEntityInput(_Input):
+    name: str | None = Field(default=None, description="default {entity_name}-{entity_version}")
+    entity_name: str
+    entity_version: str | None = None
+    workload_size: WorkloadSize | None = None
+    workload_type: str | None = None
+    scale_to_zero_enabled: bool = False
+    min_provisioned_throughput: int | None = Field(default=None, ge=0)
+    max_provisioned_throughput: int | None = Field(default=None, ge=0)
+    environment_vars: dict[str, str] | None = None
+
+
+class ServedModelInput(_Input):
+    """Legacy shape: `model_name` / `model_version`."""
+
+    name: str | None = None
+    model_name: str
+    model_version: str
+    workload_size: WorkloadSize | None = None
+    workload_type: str | None = None
+    scale_to_zero_enabled: bool = False
+    environment_vars: dict[str, str] | None = None
+
+    def as_entity(self) -> ServedEntityInput:
+        return ServedEntityInput(
+            name=self.name,
+            entity_name=self.model_name,
+            entity_version=self.model_version,
+            workload_size=self.workload_size,
+            workload_type=self.workload_type,
+            scale_to_zero_enabled=self.scale_to_zero_enabled,
+            environment_vars=self.environment_vars,
+        )
+
+
+class Route(_Input):
+    served_entity_name: str | None = None
+    served_model_name: str | None = None
+    traffic_percentage: int = Field(ge=0, le=100)
+
+    @property
+    def target(self) -> str | None:
+        return self.served_entity_name or self.served_model_name
+
+
+class TrafficConfig(_Input):
+    routes: list[Route] = Field(default_factory=list)
+
+
+class EndpointCoreConfigInput(_Input):
+    name: str | None = None
+    served_entities: list[ServedEntityInput] | None = None
+    served_models: list[ServedModelInput] | None = None
+    traffic_config: TrafficConfig | None = None
+
+    def entities(self) -> list[ServedEntityInput]:
+        legacy = [m.as_entity() for m in self.served_models or []]
+        return [*(self.served_entities or []), *legacy]
+
+
+class Tag(_Input):
+    key: str = Field(min_length=1, max_length=255)
+    value: str | None = Field(default=None, max_length=255)
+
+
+class RateLimit(_Input):
+    calls: int | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+    key: Literal["user", "endpoint", "user_group", "service_principal"] = "user"
+    principal: str | None = None
+    renewal_period: Literal["minute"] = "minute"
+
+
+class AiGatewayInput(_Input):
+    rate_limits: list[RateLimit] | None = None
+    usage_tracking_config: dict[str, Any] | None = None
+    inference_table_config: dict[str, Any] | None = None
+    guardrails: dict[str, Any] | None = None
+    fallback_config: dict[str, Any] | None = None
+
+
+class CreateEndpoint(_Input):
+    name: str
+    config: EndpointCoreConfigInput | None = None
+    ai_gateway: AiGatewayInput | None = None
+    rate_limits: list[RateLimit] | None = None
+    tags: list[Tag] | None = None
+    description: str | None = Field(default=None, max_length=4096)
+    route_optimized: bool = False
+
+
+class PatchTags(_Input):
+    add_tags: list[Tag] = Field(default_factory=list)
+    delete_tags: list[str] = Field(default_factory=list)
+
+
+class PutRateLimits(_Input):
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+
+
+class AccessControlEntry(_Input):
+    user_name: str | None = None
+    group_name: str | None = None
+    service_principal_name: str | None = None
+    permission_level: Literal["CAN_MANAGE", "CAN_QUERY", "CAN_VIEW"]
+
+
+class PermissionsInput(_Input):
+    access_control_list: list[AccessControlEntry] = Field(default_factory=list)

@@ -1,0 +1,197 @@
+"""Turn a create/update request into the normalized config the reconciler deploys.
+
+Every rule a user can break is checked here, before anything is stored or deployed, and
+fails with a 400 that says what to change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from control_plane.endpoints.capacity import (
+    app_name,
+    replicas_for_size,
+    throughput_chunk_size,
+    worker_config,
+)
+from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
+from control_plane.errors import InvalidParameter
+from control_plane.registry import ResolvedModel
+from control_plane.settings import SHARED_PREFIX, WorkerDefaults
+from deploy.workload_types import WORKLOAD_TYPES
+from workers.serve import WorkerAppConfig
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+MAX_SERVED_ENTITIES = 10
+
+ModelResolver = Callable[[str, str], ResolvedModel]
+CapacityCheck = Callable[[WorkerAppConfig], None]  # raises ValueError when unsupported
+
+
+def check_endpoint_name(name: str, *, shared: bool = False) -> None:
+    if not NAME_PATTERN.match(name):
+        raise InvalidParameter(
+            f"endpoint name {name!r} is invalid: use 1-63 letters, digits, '-' or '_'"
+        )
+    if name.startswith(SHARED_PREFIX) and not shared:
+        raise InvalidParameter(
+            f"endpoint names starting with {SHARED_PREFIX!r} are reserved for "
+            "platform-provided endpoints; choose another name"
+        )
+
+
+def normalize_config(
+    config: EndpointCoreConfigInput | None,
+    *,
+    endpoint_id: str,
+    version: int,
+    creator: str,
+    now_ms: int,
+    resolve_model: ModelResolver,
+    check_capacity: CapacityCheck,
+    defaults: WorkerDefaults,
+) -> dict[str, Any]:
+    if config is None:
+        raise InvalidParameter("config is required: give config.served_entities")
+    entities = config.entities()
+    if not entities:
+        raise InvalidParameter("config.served_entities must name at least one model to serve")
+    if len(entities) > MAX_SERVED_ENTITIES:
+        raise InvalidParameter(
+            f"an endpoint serves at most {MAX_SERVED_ENTITIES} entities; got {len(entities)}"
+        )
+    served = [
+        _normalize_entity(e, creator, now_ms, resolve_model, check_capacity, defaults)
+        for e in entities
+    ]
+    names = [e["name"] for e in served]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidParameter(
+            f"served entity names must be unique; repeated: {', '.join(duplicates)} "
+            "(set `name` on each served entity)"
+        )
+    for entity in served:
+        entity["app_name"] = app_name(endpoint_id, entity)
+    return {
+        "config_version": version,
+        "served_entities": served,
+        "traffic_config": _traffic(config, names),
+        "start_time": now_ms,
+    }
+
+
+def _normalize_entity(
+    entity: ServedEntityInput,
+    creator: str,
+    now_ms: int,
+    resolve_model: ModelResolver,
+    check_capacity: CapacityCheck,
+    defaults: WorkerDefaults,
+) -> dict[str, Any]:
+    model = resolve_model(entity.entity_name, entity.entity_version or "1")
+    name = entity.name or f"{model.name}-{model.version}"
+    if not NAME_PATTERN.match(name):
+        raise InvalidParameter(
+            f"served entity name {name!r} is invalid: use 1-63 letters, digits, '-' or '_'"
+        )
+    workload_type = entity.workload_type or "CPU"
+    if workload_type not in WORKLOAD_TYPES:
+        raise InvalidParameter(
+            f"served entity {name!r}: unknown workload_type {workload_type!r}; "
+            f"choose one of {', '.join(WORKLOAD_TYPES)}"
+        )
+    normalized: dict[str, Any] = {
+        "name": name,
+        "entity_name": model.name,
+        "entity_version": model.version,
+        "workload_type": workload_type,
+        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
+        "environment_vars": entity.environment_vars,
+        "creator": creator,
+        "creation_timestamp": now_ms,
+        "model_family": model.family,
+        "model_source": model.source.model_dump(),
+    }
+    normalized.update(_capacity(name, entity, model, defaults))
+    try:
+        check_capacity(worker_config(normalized, defaults))
+    except ValueError as exc:
+        raise InvalidParameter(f"served entity {name!r}: {exc}") from None
+    return normalized
+
+
+def _capacity(
+    name: str, entity: ServedEntityInput, model: ResolvedModel, defaults: WorkerDefaults
+) -> dict[str, Any]:
+    low, high = entity.min_provisioned_throughput, entity.max_provisioned_throughput
+    provisioned = bool(low or high)
+    if provisioned and entity.workload_size is not None:
+        raise InvalidParameter(
+            f"served entity {name!r}: give workload_size or provisioned throughput "
+            "(min/max_provisioned_throughput), not both"
+        )
+    if not provisioned:
+        size = entity.workload_size or "Small"
+        replicas = replicas_for_size(size, defaults)
+        return {
+            "workload_size": size,
+            "min_provisioned_throughput": None,
+            "max_provisioned_throughput": None,
+            "provisioned_chunks": 0,
+            "min_replicas": 0 if entity.scale_to_zero_enabled else replicas,
+            "max_replicas": replicas,
+        }
+    chunk = throughput_chunk_size(model.family)
+    low, high = low or 0, high or low or 0
+    for label, value in (("min", low), ("max", high)):
+        if value % chunk:
+            raise InvalidParameter(
+                f"served entity {name!r}: {label}_provisioned_throughput {value} is not a "
+                f"multiple of the model's throughput chunk size {chunk} tokens/s; "
+                f"use {value // chunk * chunk or chunk} or {(value // chunk + 1) * chunk}"
+            )
+    if high == 0 or low > high:
+        raise InvalidParameter(
+            f"served entity {name!r}: need 0 <= min_provisioned_throughput ({low}) <= "
+            f"max_provisioned_throughput ({high}) and max > 0"
+        )
+    min_chunks = 0 if entity.scale_to_zero_enabled else low // chunk
+    return {
+        "workload_size": None,
+        "min_provisioned_throughput": low,
+        "max_provisioned_throughput": high,
+        "provisioned_chunks": high // chunk,
+        "min_replicas": min_chunks,
+        "max_replicas": high // chunk,
+    }
+
+
+def _traffic(config: EndpointCoreConfigInput, names: list[str]) -> dict[str, Any]:
+    if config.traffic_config is None or not config.traffic_config.routes:
+        if len(names) > 1:
+            raise InvalidParameter(
+                "traffic_config.routes is required when an endpoint serves several entities"
+            )
+        return {"routes": [{"served_entity_name": names[0], "traffic_percentage": 100}]}
+    routes: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for route in config.traffic_config.routes:
+        target = route.target
+        if target not in names:
+            raise InvalidParameter(
+                f"traffic route names served entity {target!r}, which this config does not "
+                f"serve; served entities: {', '.join(names)}"
+            )
+        if target in seen:
+            raise InvalidParameter(f"served entity {target!r} has more than one traffic route")
+        seen.add(target)
+        routes.append(
+            {"served_entity_name": target, "traffic_percentage": route.traffic_percentage}
+        )
+    total = sum(int(r["traffic_percentage"]) for r in routes)
+    if total != 100:
+        raise InvalidParameter(f"traffic percentages must sum to 100; they sum to {total}")
+    return {"routes": routes}

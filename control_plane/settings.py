@@ -1,0 +1,115 @@
+"""Typed control-plane settings (pydantic-settings, `MOESERVE_` env prefix, `__` for nesting).
+
+Built once by `moeserve run` (or a test) and passed to `create_app(settings)`; nothing
+reads the environment at import time. Helm values map 1:1 onto these fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHARED_PREFIX = "databricks-"
+
+
+class SharedEndpoint(BaseModel):
+    """A platform-provided pay-per-token endpoint, visible and queryable from every
+    workspace, managed only by account admins."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description=f"must start with {SHARED_PREFIX!r}")
+    entity_name: str = Field(description="a built-in preset, e.g. dbrx-tiny")
+    entity_version: str = "1"
+    workload_size: Literal["Small", "Medium", "Large"] = "Small"
+    scale_to_zero_enabled: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _reserved_prefix(cls, name: str) -> str:
+        if not name.startswith(SHARED_PREFIX):
+            raise ValueError(f"shared endpoint names start with {SHARED_PREFIX!r}: {name!r}")
+        return name
+
+
+class WorkerDefaults(BaseModel):
+    """How served entities turn into Ray Serve replicas on this platform."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kv_cache_tokens: int = Field(default=16384, ge=256, description="KV capacity per replica")
+    max_num_seqs: int = Field(default=32, ge=1, description="sequences per engine step")
+    concurrency_per_replica: int = Field(
+        default=16,
+        ge=1,
+        description="requests one replica serves at its target latency; workload sizes "
+        "(Small 4, Medium 16, Large 64 concurrent requests) divide by it into replicas",
+    )
+    cpus_per_shard: float = Field(default=1.0, gt=0, description="Ray CPUs per device shard")
+    threads_per_shard: int | None = Field(default=None, ge=1, description="torch threads")
+    max_ongoing_requests: int = Field(default=256, ge=1, description="in flight per replica")
+    downscale_delay_s: float = Field(default=300, ge=0, description="idle time before parking")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOESERVE_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(default=Path(".moeserve"), description="SQLite file and logs")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "
+        "default: a SQLite file in data_dir",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="URL clients use, when it differs from http://host:port"
+    )
+    ray_address: str | None = Field(
+        default=None, description="attach to this Ray cluster; default: start a local one"
+    )
+    ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray")
+    admin_token: SecretStr | None = Field(
+        default=None, description="the bootstrap admin's token; default: generated, printed once"
+    )
+    account_name: str = "moeserve"
+    workspace_name: str = "default"
+    admin_user_name: str = "admin"
+    cloud: Literal["local", "aws", "gcp", "azure"] = "local"
+    shared_endpoints: list[SharedEndpoint] = Field(
+        default_factory=lambda: [
+            SharedEndpoint(name="databricks-dbrx-tiny", entity_name="dbrx-tiny")
+        ]
+    )
+    workers: WorkerDefaults = Field(default_factory=WorkerDefaults)
+    run_reconciler: bool = Field(default=True, description="drive endpoints in this process")
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    deployment_timeout_s: float = Field(
+        default=900, gt=0, description="a served entity not ready by then is DEPLOYMENT_FAILED"
+    )
+    retire_grace_s: float = Field(
+        default=10,
+        ge=0,
+        description="after a config update moves traffic, old apps finish in-flight requests "
+        "for this long before they are deleted",
+    )
+    lease_ttl_s: float = Field(
+        default=10,
+        gt=0,
+        description="how long one control plane owns an endpoint's reconcile without renewing "
+        "it (renewed every tick; a killed process's endpoints move on after this)",
+    )
+    query_timeout_s: float = Field(default=300, gt=0, description="per request, per replica")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'moeserve.db').resolve()}"
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,29 @@
+"""What one running control plane holds (built in the app's lifespan, never at import)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.reconciler import Reconciler
+from control_plane.settings import Settings
+from deploy.providers.base import Provider
+
+
+@dataclass
+class ControlPlane:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    provider: Provider
+    reconciler: Reconciler
+    generated_admin_token: str | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    tokenizers: dict[str, Any] = field(default_factory=dict)
+
+    def check_capacity(self, worker: Any) -> None:
+        self.provider.check_supported(worker)

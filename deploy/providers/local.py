@@ -1,0 +1,270 @@
+"""`LocalRayProvider`: Ray Serve applications on a Ray cluster this process connects to.
+
+Without an address it starts a local Ray instance (which lives as long as this process);
+with one it attaches to an existing cluster, e.g. a GPU cluster. Serve runs without its
+HTTP proxy: the control plane calls the applications through `DeploymentHandle`s.
+
+Status, replica counts and log file paths come from the Serve controller's instance
+details (one call answers for every application); that call is bounded by `timeout_s`,
+so a wedged controller raises `TimeoutError` rather than hanging the caller's thread.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.api import _run
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ApplicationDetails, ApplicationStatus, DeploymentDetails
+
+from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
+from workers.serve import WorkerAppConfig, build_app
+
+LOG_TAIL_LINES = 200
+_LOG_TAIL_BYTES = 256 * 1024  # read no more than this from the end of each log file
+_MESSAGE_MAX_CHARS = 1000
+
+_PHASES = {
+    ApplicationStatus.NOT_STARTED: AppPhase.DEPLOYING,
+    ApplicationStatus.DEPLOYING: AppPhase.DEPLOYING,
+    ApplicationStatus.RUNNING: AppPhase.RUNNING,
+    ApplicationStatus.DEPLOY_FAILED: AppPhase.FAILED,
+    ApplicationStatus.UNHEALTHY: AppPhase.UNHEALTHY,
+    ApplicationStatus.DELETING: AppPhase.DELETING,
+}
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_TRACEBACK_START = "Traceback (most recent call last):"
+
+
+class LocalRayProvider:
+    name = "local"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        namespace: str = "moeserve",
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self._started = False
+        self._owns_ray = False  # True when start() called ray.init, so stop() shuts it down
+        self._lock = threading.Lock()  # start/stop and the handle cache
+        self._deploy_lock = threading.Lock()  # deploy's check-then-act
+        self._handles: dict[str, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            if not ray.is_initialized():
+                init_args: dict[str, Any] = {
+                    "address": self.address,
+                    "namespace": self.namespace,
+                    "include_dashboard": False,
+                    "log_to_driver": False,
+                }
+                if self.address is None and self.num_cpus is not None:
+                    init_args["num_cpus"] = self.num_cpus  # only a new local instance takes it
+                ray.init(**init_args)
+                self._owns_ray = True
+            # No HTTP proxy: requests arrive through handles. A Serve instance that is
+            # already running (started by someone else) is reused as it is.
+            serve.start(proxy_location="Disabled")
+            self._started = True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._handles.clear()
+            if self._owns_ray:
+                ray.shutdown()
+                self._owns_ray = False
+            self._started = False
+
+    # -- capacity --------------------------------------------------------------------------
+
+    def check_supported(self, worker: WorkerAppConfig) -> None:
+        if worker.device != "cuda":
+            return  # CPU replicas run anywhere Ray has CPUs
+        self._require_started()
+        needed = worker.shards  # one GPU per shard, all on one node (STRICT_PACK)
+        per_node = [
+            float(node.get("Resources", {}).get("GPU", 0)) for node in ray.nodes() if node["Alive"]
+        ]
+        largest = int(max(per_node, default=0))
+        if largest < needed:
+            cluster = f"the Ray cluster at {self.address}" if self.address else "the local Ray"
+            raise UnsupportedCapacity(
+                f"workload needs {needed} GPUs per replica on one node; {cluster} has "
+                f"{largest} on its largest node ({int(sum(per_node))} in all); "
+                "use workload_type CPU or attach a GPU cluster with --ray-address"
+            )
+
+    # -- applications ----------------------------------------------------------------------
+
+    def deploy(self, spec: AppSpec) -> None:
+        with self._deploy_lock:  # no second deploy of the same name between check and act
+            current = self.status(spec.name)
+            if current is not None and current.phase not in (AppPhase.DELETING, AppPhase.FAILED):
+                return  # the name encodes the config: nothing to change
+            self.check_supported(spec.worker)
+            with self._lock:
+                self._handles.pop(spec.name, None)
+            _run(build_app(spec.worker), _blocking=False, name=spec.name, route_prefix=None)
+
+    def status(self, name: str) -> AppStatus | None:
+        app = self._app_details(name)
+        return None if app is None else app_status(app)
+
+    def list_apps(self, prefix: str) -> dict[str, AppStatus]:
+        raw_apps: dict[str, Any] = self._serve_details()["applications"]
+        return {
+            name: app_status(ApplicationDetails(**raw))
+            for name, raw in raw_apps.items()
+            if name.startswith(prefix)
+        }
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            self._handles.pop(name, None)
+        # What `serve.delete(name, _blocking=False)` does, but waiting (bounded) until the
+        # controller has taken the order, so that status() shows DELETING right after.
+        # A missing name is fine for Serve too.
+        deleting = self._controller().delete_apps.remote([name])
+        ray.get(deleting, timeout=self.timeout_s)
+
+    def handle(self, name: str) -> Any:
+        with self._lock:
+            cached = self._handles.get(name)
+        if cached is not None:
+            return cached
+        # One handle per application and process: each new handle has its own router.
+        controller = self._controller()
+        ingress = ray.get(
+            controller.get_ingress_deployment_name.remote(name), timeout=self.timeout_s
+        )
+        if ingress is None:
+            raise AppNotFound(f"no application named {name!r} on the {self.name} provider")
+        handle = serve.get_app_handle(name)
+        with self._lock:
+            return self._handles.setdefault(name, handle)
+
+    def logs(self, name: str) -> str:
+        app = self._app_details(name)
+        logs_dir = _local_logs_dir()
+        if app is None or logs_dir is None:
+            return ""
+        replicas = [
+            replica
+            for deployment in app.deployments.values()
+            for replica in (*deployment.recent_dead_replicas, *deployment.replicas)
+            if replica.log_file_path
+        ]
+        # Paths are relative to the node's log directory; a replica on another node has
+        # no file here and is skipped (best effort).
+        files = [logs_dir / str(replica.log_file_path).lstrip("/") for replica in replicas]
+        existing = sorted((f for f in files if f.is_file()), key=lambda f: f.stat().st_mtime)
+        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        for path in existing:
+            tail.append(f"==> {path.name} <==")
+            tail.extend(_tail_lines(path))
+        return "\n".join(tail)
+
+    # -- Serve controller ------------------------------------------------------------------
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise RuntimeError(f"{type(self).__name__}.start() has not been called")
+
+    def _controller(self) -> Any:
+        self._require_started()
+        client = _get_global_client()  # raises RayServeException when no controller runs
+        assert client is not None
+        return client._controller
+
+    def _serve_details(self) -> dict[str, Any]:
+        ref = self._controller().get_serve_instance_details.remote()
+        details: dict[str, Any] = ray.get(ref, timeout=self.timeout_s)
+        return details
+
+    def _app_details(self, name: str) -> ApplicationDetails | None:
+        raw = self._serve_details()["applications"].get(name)
+        return None if raw is None else ApplicationDetails(**raw)
+
+
+def app_status(app: ApplicationDetails) -> AppStatus:
+    """Our view of a Serve application: phase, a readable message, replica counts."""
+    ingress = _ingress_deployment(app)
+    running = 0 if ingress is None else sum(r.state == "RUNNING" for r in ingress.replicas)
+    return AppStatus(
+        name=app.name,
+        phase=_PHASES[app.status],
+        message=_status_message(app),
+        running_replicas=running,
+        target_replicas=None if ingress is None else ingress.target_num_replicas,
+    )
+
+
+def summarize_failure(message: str) -> str:
+    """A Serve status message made readable: colour codes gone and a traceback cut to the
+    exception it ends in ("... failed to start 3 times ... ValueError: no such file")."""
+    text = _ANSI_ESCAPE.sub("", message).strip()
+    start = text.rfind(_TRACEBACK_START)
+    if start >= 0:
+        head = text[:start].split("Error:\n", 1)[0].strip()
+        frames = text[start + len(_TRACEBACK_START) :].splitlines()
+        # Frames and their source lines are indented; the exception starts at the first
+        # unindented line and may span several lines.
+        first = next((i for i, line in enumerate(frames) if line and not line[0].isspace()), 0)
+        exception = " ".join(line.strip() for line in frames[first:] if line.strip())
+        text = f"{head} {exception}".strip()
+    if len(text) > _MESSAGE_MAX_CHARS:
+        text = text[: _MESSAGE_MAX_CHARS - 3] + "..."
+    return text
+
+
+def _status_message(app: ApplicationDetails) -> str:
+    parts = [summarize_failure(app.message)] if app.message else []
+    parts += [
+        f"{name}: {summarize_failure(deployment.message)}"
+        for name, deployment in app.deployments.items()
+        if deployment.message
+    ]
+    return " ".join(parts)
+
+
+def _ingress_deployment(app: ApplicationDetails) -> DeploymentDetails | None:
+    topology = app.deployment_topology
+    if topology is not None and topology.ingress_deployment in app.deployments:
+        return app.deployments[topology.ingress_deployment]
+    if len(app.deployments) == 1:
+        return next(iter(app.deployments.values()))
+    return None  # not registered yet
+
+
+def _local_logs_dir() -> Path | None:
+    node = ray._private.worker._global_node  # None in Ray Client mode
+    return None if node is None else Path(node.get_logs_dir_path())
+
+
+def _tail_lines(path: Path) -> list[str]:
+    with path.open("rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(0, size - _LOG_TAIL_BYTES))
+        data = file.read()
+    lines = data.decode(errors="replace").splitlines()
+    if size > _LOG_TAIL_BYTES:
+        lines = lines[1:]  # the first line read is likely cut
+    return lines[-LOG_TAIL_LINES:]

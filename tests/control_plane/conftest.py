@@ -1,0 +1,131 @@
+"""Control-plane fixtures: databases (SQLite file and a fresh PostgreSQL database), settings,
+and a live HTTP server (uvicorn in a thread on a free port) that real clients talk to."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from control_plane import Settings, create_app
+from deploy.providers.base import Provider
+from tests.control_plane.fake_provider import InstantProvider
+
+ADMIN_TOKEN = "dapi-test-admin-token"
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'moeserve.db'}"
+        return
+    yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+def _postgres_database() -> Iterator[str]:
+    if not _pg_available():
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see TESTING.md)")
+    import psycopg
+
+    name = f"moeserve_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(database_url: str, tmp_path: Any, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": tmp_path,
+        "admin_token": ADMIN_TOKEN,
+        "reconcile_interval_s": 0.2,
+        "port": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: Any
+
+    @property
+    def plane(self) -> Any:
+        return self.app.state.plane
+
+    def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+
+
+@contextmanager
+def live_server(settings: Settings, provider: Provider | None = None) -> Iterator[LiveServer]:
+    import uvicorn
+
+    factory: Callable[[Settings], Provider] | None = None
+    if provider is not None:
+        factory = lambda _settings: provider  # noqa: E731
+    app = create_app(settings, factory)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the control plane did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture
+def instant_server(database_url: str, tmp_path: Any) -> Iterator[LiveServer]:
+    """The control plane over the instant provider, on SQLite and on PostgreSQL."""
+    settings = make_settings(database_url, tmp_path)
+    with live_server(settings, InstantProvider()) as server:
+        yield server
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,87 @@
+"""The model registry (checkpoint validation) and Alembic migrations, on both databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from control_plane.db import build_engine, upgrade
+from control_plane.db.models import Base
+from tests.control_plane.conftest import LiveServer
+from workers.model import build_random, preset, save_checkpoint
+
+
+def tiny_checkpoint(path: Path, family: str = "dbrx-tiny") -> Path:
+    args = preset(family).args.replace(n_layers=1)
+    save_checkpoint(build_random(args, seed=1), path)
+    return path
+
+
+def test_migrations_create_exactly_the_models_schema_and_rerun_cleanly(database_url: str) -> None:
+    engine = build_engine(database_url)
+    try:
+        upgrade(engine)
+        upgrade(engine)  # a second start finds nothing to do
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert differences == []
+    finally:
+        engine.dispose()
+
+
+def test_registered_checkpoints_are_validated_listed_and_unique(
+    instant_server: LiveServer, tmp_path: Path
+) -> None:
+    client = instant_server.client()
+    good = tiny_checkpoint(tmp_path / "good")
+    record = client.post(
+        "/api/2.0/models", json={"name": "tiny", "version": "1", "source": str(good)}
+    )
+    assert record.status_code == 200, record.text
+    assert record.json()["model_type"] == "dbrx"
+    models = client.get("/api/2.0/models").json()["models"]
+    names = {(m["name"], m["version"], m["builtin"]) for m in models}
+    assert {("dbrx-tiny", "1", True), ("mixtral-tiny", "1", True), ("tiny", "1", False)} <= names
+    again = client.post(
+        "/api/2.0/models", json={"name": "tiny", "version": "1", "source": str(good)}
+    )
+    assert again.status_code == 409
+
+    def rejected(source: Path | str, needle: str, name: str = "bad") -> None:
+        body: dict[str, Any] = {"name": name, "version": "1", "source": str(source)}
+        response = client.post("/api/2.0/models", json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert needle in response.json()["message"], response.json()["message"]
+
+    rejected(tmp_path / "missing", "not a directory")
+    (tmp_path / "empty").mkdir()
+    rejected(tmp_path / "empty", "config.json")
+    broken = tiny_checkpoint(tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    rejected(broken, "llama")
+    wrong = tiny_checkpoint(tmp_path / "wrong")
+    config["d_model"] = config.get("d_model", 128) * 2
+    (wrong / "config.json").write_text(json.dumps(config))
+    rejected(wrong, "shape")
+    rejected(tiny_checkpoint(tmp_path / "mixtral", "mixtral-tiny"), "tokenizer.json")
+    builtin = {"name": "dbrx-tiny", "version": "1", "source": str(good)}
+    clash = client.post("/api/2.0/models", json=builtin)
+    assert clash.status_code == 409 and "built-in" in clash.json()["message"]
+
+    # served by name and version; an unregistered version is a clear 400
+    endpoint = {"served_entities": [{"entity_name": "tiny", "entity_version": "1"}]}
+    assert (
+        client.post(
+            "/api/2.0/serving-endpoints", json={"name": "t", "config": endpoint}
+        ).status_code
+        == 200
+    )
+    endpoint["served_entities"][0]["entity_version"] = "2"
+    response = client.post("/api/2.0/serving-endpoints", json={"name": "t2", "config": endpoint})
+    assert response.status_code == 400 and "version '2'" in response.json()["message"]

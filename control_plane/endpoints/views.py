@@ -44,8 +44,9 @@ def state_view(endpoint: Endpoint) -> dict[str, str]:
     return {"ready": endpoint.ready, "config_update": endpoint.config_update}
 
 
-def detailed(endpoint: Endpoint, permission_level: str) -> dict[str, Any]:
-    view: dict[str, Any] = {
+def _common(endpoint: Endpoint) -> dict[str, Any]:
+    """Fields both the detailed view and the list summary carry."""
+    return {
         "name": endpoint.name,
         "id": endpoint.id,
         "creator": endpoint.creator,
@@ -55,6 +56,12 @@ def detailed(endpoint: Endpoint, permission_level: str) -> dict[str, Any]:
         "tags": endpoint.tags,
         "task": endpoint.task,
         "description": endpoint.description,
+    }
+
+
+def detailed(endpoint: Endpoint, permission_level: str) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        **_common(endpoint),
         "permission_level": permission_level,
         "route_optimized": endpoint.route_optimized,
     }
@@ -68,17 +75,7 @@ def detailed(endpoint: Endpoint, permission_level: str) -> dict[str, Any]:
 
 
 def summary(endpoint: Endpoint) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "name": endpoint.name,
-        "id": endpoint.id,
-        "creator": endpoint.creator,
-        "creation_timestamp": to_millis(endpoint.created_at),
-        "last_updated_timestamp": to_millis(endpoint.updated_at),
-        "state": state_view(endpoint),
-        "tags": endpoint.tags,
-        "task": endpoint.task,
-        "description": endpoint.description,
-    }
+    view: dict[str, Any] = _common(endpoint)
     live = endpoint.config or endpoint.pending_config
     if live is not None:
         view["config"] = {

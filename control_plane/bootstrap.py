@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from control_plane.auth.tokens import digest, issue_token
 from control_plane.db.models import Account, Endpoint, Principal, Token, Workspace
 from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
-from control_plane.endpoints.service import DEFAULT_TASK
+from control_plane.endpoints.service import new_endpoint
 from control_plane.endpoints.validation import CapacityCheck, check_endpoint_name, normalize_config
 from control_plane.ids import new_id, new_workspace_id, to_millis, utcnow
 from control_plane.registry import resolve
@@ -104,27 +104,15 @@ def _ensure_shared_endpoints(
             defaults=settings.workers,
         )
         session.add(
-            Endpoint(
-                id=endpoint_id,
+            new_endpoint(
+                endpoint_id=endpoint_id,
                 account_id=account.id,
                 workspace_id=None,
                 name=shared.name,
                 creator=admin.name,
-                description=f"Platform pay-per-token endpoint serving {shared.entity_name}",
-                task=DEFAULT_TASK,
-                route_optimized=False,
-                created_at=now,
-                updated_at=now,
-                config_version=0,
-                config=None,
                 pending_config=config,
-                update_started_at=now,
-                ready="NOT_READY",
-                config_update="IN_PROGRESS",
-                deployments={},
-                ai_gateway=None,
-                rate_limits=None,
-                tags=[],
+                now=now,
+                description=f"Platform pay-per-token endpoint serving {shared.entity_name}",
             )
         )
         log.info("declared shared endpoint %s (%s)", shared.name, shared.entity_name)

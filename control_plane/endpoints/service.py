@@ -8,6 +8,7 @@ job: these methods only store the desired state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -80,24 +81,16 @@ class EndpointService:
         endpoint_id = new_id()
         now = utcnow()
         pending = self._normalize(body.config, endpoint_id, version=1, workspace=True)
-        endpoint = Endpoint(
-            id=endpoint_id,
+        endpoint = new_endpoint(
+            endpoint_id=endpoint_id,
             account_id=self.caller.account_id,
             workspace_id=self.caller.workspace_id,
             name=body.name,
             creator=self.caller.name,
-            description=body.description or "",
-            task=DEFAULT_TASK,
-            route_optimized=body.route_optimized,
-            created_at=now,
-            updated_at=now,
-            config_version=0,
-            config=None,
             pending_config=pending,
-            update_started_at=now,
-            ready="NOT_READY",
-            config_update="IN_PROGRESS",
-            deployments={},
+            now=now,
+            description=body.description or "",
+            route_optimized=body.route_optimized,
             ai_gateway=_gateway(body.ai_gateway),
             rate_limits=_limits(body.rate_limits),
             tags=[t.model_dump(exclude_none=True) for t in body.tags or []],
@@ -180,6 +173,47 @@ class EndpointService:
             check_capacity=self.check_capacity,
             defaults=self.defaults,
         )
+
+
+def new_endpoint(
+    *,
+    endpoint_id: str,
+    account_id: str,
+    workspace_id: str | None,
+    name: str,
+    creator: str,
+    pending_config: dict[str, Any],
+    now: datetime,
+    description: str = "",
+    route_optimized: bool = False,
+    ai_gateway: dict[str, Any] | None = None,
+    rate_limits: list[dict[str, Any]] | None = None,
+    tags: list[dict[str, Any]] | None = None,
+) -> Endpoint:
+    """A new endpoint row: nothing live yet, config version 1 pending, update in progress
+    (the reconciler takes it from here). The one place an endpoint's initial state is set."""
+    return Endpoint(
+        id=endpoint_id,
+        account_id=account_id,
+        workspace_id=workspace_id,
+        name=name,
+        creator=creator,
+        description=description,
+        task=DEFAULT_TASK,
+        route_optimized=route_optimized,
+        created_at=now,
+        updated_at=now,
+        config_version=0,
+        config=None,
+        pending_config=pending_config,
+        update_started_at=now,
+        ready="NOT_READY",
+        config_update="IN_PROGRESS",
+        deployments={},
+        ai_gateway=ai_gateway,
+        rate_limits=rate_limits,
+        tags=tags or [],
+    )
 
 
 def _gateway(body: AiGatewayInput | None) -> dict[str, Any] | None:

@@ -114,8 +114,9 @@ def verify_checkpoint(path: str | Path) -> ModelArgs:
     """Check a checkpoint directory without reading tensor data: a supported config, and
     every tensor the config needs present with its shape, none left over. Raises
     `CheckpointError` naming the problem."""
-    _read_state(Path(path), "meta", torch.float32)
-    return read_args(path)
+    args = read_args(path)
+    _read_state(Path(path), args, "meta", torch.float32)
+    return args
 
 
 def load_checkpoint(
@@ -126,7 +127,7 @@ def load_checkpoint(
     args = read_args(root)
     with torch.device("meta"):
         model = MoETransformer(args)
-    state = _read_state(root, str(device), dtype)
+    state = _read_state(root, args, str(device), dtype)
     if args.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -135,8 +136,9 @@ def load_checkpoint(
     return model.eval().requires_grad_(False)
 
 
-def _read_state(root: Path, device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    args = read_args(root)
+def _read_state(
+    root: Path, args: ModelArgs, device: str, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     with ExitStack() as stack:
         reader = _SafetensorsReader(root, stack, device, dtype)
         state = dict(hf_to_internal(args, reader, set(reader.location)))

@@ -18,6 +18,7 @@ from control_plane.api import routers
 from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import install_error_handlers
+from control_plane.gateway.runtime import Gateway
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from control_plane.state import ControlPlane
@@ -39,6 +40,9 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         plane = await asyncio.to_thread(_start, settings, provider_factory or local_provider)
         app.state.plane = plane
+        plane.gateway = await Gateway.start(
+            settings, plane.engine, plane.sessions, plane.provider, lambda: plane.reconciler.apps
+        )
         if settings.run_reconciler:
             plane.tasks.append(asyncio.create_task(plane.reconciler.run(), name="reconciler"))
         try:
@@ -48,6 +52,8 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
+            if plane.gateway is not None:
+                await plane.gateway.close()  # flushes usage rows still queued
             await asyncio.to_thread(_stop, plane)
 
     app = FastAPI(

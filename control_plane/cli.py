@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from control_plane.process_env import prefer_same_loop_routing
 from control_plane.settings import Settings
 
 
@@ -48,6 +49,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_same_loop_routing()  # before anything imports ray.serve
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,7 +66,13 @@ def run(settings: Settings) -> int:
 
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
     )
     threading.Thread(
         target=_announce, args=(server, app, settings), name="announce", daemon=True

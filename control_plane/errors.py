@@ -65,6 +65,11 @@ class Conflict(ApiError):
     error_code = "RESOURCE_CONFLICT"
 
 
+class RequestLimitExceeded(ApiError):
+    status_code = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+
 class TemporarilyUnavailable(ApiError):
     status_code = 503
     error_code = "TEMPORARILY_UNAVAILABLE"

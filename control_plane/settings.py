@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHARED_PREFIX = "databricks-"
@@ -52,6 +52,53 @@ class WorkerDefaults(BaseModel):
     threads_per_shard: int | None = Field(default=None, ge=1, description="torch threads")
     max_ongoing_requests: int = Field(default=256, ge=1, description="in flight per replica")
     downscale_delay_s: float = Field(default=300, ge=0, description="idle time before parking")
+
+
+class GatewaySettings(BaseModel):
+    """The query path: caching, waits, queues and the usage ledger's group commit."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lookup_cache_ttl_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a token's caller and an endpoint's routing are reused on the "
+        "query path (a revoked token or a config change takes effect within this; 0: off)",
+    )
+    scale_from_zero_timeout_s: float = Field(
+        default=120,
+        gt=0,
+        description="how long a query to a parked (scaled-to-zero) entity waits for a replica "
+        "before it gets 503 with Retry-After",
+    )
+    first_token_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="a running replica that yields nothing for this long counts as failed "
+        "(fallback may retry elsewhere)",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=0,
+        description="requests one control-plane process queues per served entity beyond "
+        "what its replicas take (max_replicas x max_ongoing_requests); past it: 429",
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After when saturated")
+    wake_retry_after_s: int = Field(
+        default=30, ge=1, description="Retry-After when a parked entity did not wake in time"
+    )
+    usage_batch_max: int = Field(default=512, ge=1, description="usage rows per commit")
+    inference_table_max_bytes: int = Field(
+        default=65536, ge=256, description="request/response payload cap in inference tables"
+    )
+    stats_interval_s: float = Field(
+        default=5.0, gt=0, description="how often replica engine stats are sampled for /metrics"
+    )
+    metrics_require_auth: bool = Field(
+        default=True,
+        description="/metrics needs an account admin's bearer token (Prometheus "
+        "`authorization` in the scrape config); false: open to anyone who can reach it",
+    )
 
 
 class Settings(BaseSettings):
@@ -105,6 +152,27 @@ class Settings(BaseSettings):
         "it (renewed every tick; a killed process's endpoints move on after this)",
     )
     query_timeout_s: float = Field(default=300, gt=0, description="per request, per replica")
+    access_log: bool = Field(
+        default=False,
+        description="log every HTTP request (uvicorn's access log); off by default: the "
+        "usage ledger records every query, and the log line costs throughput",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db shared by every control-plane process for rate "
+        "limits; default: in-process counters (one process)",
+    )
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @model_validator(mode="after")
+    def _grace_outlives_cached_routes(self) -> Settings:
+        if self.retire_grace_s < self.gateway.lookup_cache_ttl_s:
+            raise ValueError(
+                f"retire_grace_s ({self.retire_grace_s}) must be at least "
+                f"gateway.lookup_cache_ttl_s ({self.gateway.lookup_cache_ttl_s}): queries routed "
+                "from a cached config must still find the old apps"
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:

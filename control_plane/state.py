@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.gateway.runtime import Gateway
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from deploy.providers.base import Provider
@@ -23,7 +24,7 @@ class ControlPlane:
     reconciler: Reconciler
     generated_admin_token: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    tokenizers: dict[str, Any] = field(default_factory=dict)
+    gateway: Gateway | None = None  # the query path; started in the app's lifespan
 
     def check_capacity(self, worker: Any) -> None:
         self.provider.check_supported(worker)

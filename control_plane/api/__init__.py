@@ -14,6 +14,7 @@ def routers() -> list[APIRouter]:
         endpoints,
         models,
         permissions,
+        prometheus,
         tokens,
         workspaces,
     )
@@ -29,4 +30,5 @@ def routers() -> list[APIRouter]:
         models.router,
         gateway.router,
         discovery.router,
+        prometheus.router,
     ]

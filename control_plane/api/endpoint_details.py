@@ -35,7 +35,10 @@ def model_optimization_info(
 def metrics(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> str:
     endpoint, _ = endpoints.by_name(name)
     names = [e["app_name"] for e in (endpoint.config or {}).get("served_entities", [])]
-    return endpoint_metrics(endpoint, {n: plane.provider.status(n) for n in names})
+    text = endpoint_metrics(endpoint, {n: plane.provider.status(n) for n in names})
+    if plane.gateway is not None:  # this process's query metrics of the endpoint
+        text += plane.gateway.metrics.endpoint_text(endpoint.name)
+    return text
 
 
 @router.get("/{name}/openapi", response_model=Json)

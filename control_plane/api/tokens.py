@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from control_plane.api.deps import CallerDep, SessionDep
+from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.auth import issue_token
 from control_plane.db.models import Principal, Token
 from control_plane.errors import NotFound
@@ -64,10 +64,14 @@ def list_tokens(session: SessionDep, caller: CallerDep) -> Json:
 
 
 @router.post("/delete", response_model=Json)
-def delete_token(body: DeleteToken, session: SessionDep, caller: CallerDep) -> Json:
+def delete_token(
+    body: DeleteToken, session: SessionDep, caller: CallerDep, plane: PlaneDep
+) -> Json:
     token = session.get(Token, body.token_id)
     if token is None or token.principal_id != caller.principal_id or token.revoked_at:
         raise NotFound(f"token {body.token_id!r} does not exist")
     token.revoked_at = utcnow()  # kept (revoked) so audits can still name it
     session.commit()
+    if plane.gateway is not None:  # this process stops honouring it at once (others: TTL)
+        plane.gateway.targets.forget()
     return {}

@@ -1,122 +1,86 @@
-"""Query routes: `/serving-endpoints/{name}/invocations` and the OpenAI-style
-`/serving-endpoints/{chat/completions,completions}` (endpoint in the body's `model`).
+"""Query routes: `/serving-endpoints/{name}/invocations` (chat, completions, embeddings),
+the OpenAI-style `/serving-endpoints/{chat/completions,completions,embeddings}` (endpoint
+in the body's `model`) and `GET /serving-endpoints/models`.
 
-The request is authenticated and routed (CAN_QUERY, traffic split) synchronously, then
-the chosen entity's Serve app streams engine chunks back, as one JSON response or as SSE.
+One query: parse -> resolve (token, endpoint, CAN_QUERY; cached briefly) -> candidates
+(traffic split, fallback) -> tokenize -> rate limits (429 before acceptance) -> accepted:
+dispatch, answer, and exactly one usage row whatever happens (`accounting.Accepted`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from control_plane.api.deps import EndpointsDep, PlaneDep
-from control_plane.auth import Level
-from control_plane.errors import InvalidParameter, TemporarilyUnavailable
+from control_plane.api.deps import CallerDep, EndpointsDep
+from control_plane.auth import Level, level_of
+from control_plane.errors import ApiError, InvalidParameter, TemporarilyUnavailable
+from control_plane.gateway.accounting import CLIENT_CLOSED, Accepted
+from control_plane.gateway.answers import EntitiesUnavailable, answer
 from control_plane.gateway.protocol import (
+    Body,
     ChatBody,
     CompletionBody,
-    full_response,
-    generation_request,
-    new_request_id,
-    stream_chunk,
+    Kind,
+    kind_of,
+    parse_body,
 )
-from control_plane.gateway.routing import RETRY_AFTER_S, pick_entity
-from control_plane.state import ControlPlane
-from deploy.providers.base import AppNotFound
-from workers.engine import TokenChunk, Usage
-from workers.model import ModelSource
-from workers.tokenizer import load_tokenizer
+from control_plane.gateway.routing import candidates
+from control_plane.gateway.runtime import Gateway
+from control_plane.ids import to_millis
 
 router = APIRouter(prefix="/serving-endpoints", tags=["query"])
-Kind = Literal["chat", "completion"]
+Entity = dict[str, Any]
 
 
-def _tokenizer(plane: ControlPlane, entity: dict[str, Any]) -> Any:
-    name = ModelSource.model_validate(entity["model_source"]).tokenizer_name()
-    if name not in plane.tokenizers:
-        plane.tokenizers[name] = load_tokenizer(name)
-    return plane.tokenizers[name]
+@router.get("/models")
+def list_models(endpoints: EndpointsDep, caller: CallerDep) -> dict[str, Any]:
+    """The endpoints this caller may query, as an OpenAI model list."""
+    queryable = [
+        e for e in endpoints.listed() if level_of(endpoints.session, e, caller) >= Level.CAN_QUERY
+    ]
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": e.name,
+                "object": "model",
+                "created": (to_millis(e.created_at) or 0) // 1000,
+                "owned_by": e.creator,
+            }
+            for e in queryable
+        ],
+    }
 
 
-def _route(endpoints: EndpointsDep, name: str | None) -> tuple[str, dict[str, Any]]:
-    if not name:
-        raise InvalidParameter("name the endpoint in the body's `model` field")
-    endpoint, _ = endpoints.by_name(name, Level.CAN_QUERY)
-    return endpoint.name, pick_entity(endpoint.config, endpoint.name)
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    return await _query(request, "chat", None)
 
 
-async def _answer(plane: ControlPlane, kind: Kind, body: Any, entity: dict[str, Any]) -> Any:
-    tokenizer = _tokenizer(plane, entity)
-    if kind == "chat":
-        messages = [m.model_dump() for m in body.messages]
-        prompt_ids = tokenizer.apply_chat_template(messages)
-    else:
-        prompt_ids = tokenizer.encode(body.prompt)
-    request_id = new_request_id()
-    request = generation_request(body, prompt_ids, request_id, body.max_tokens)
-    try:
-        handle = plane.provider.handle(entity["app_name"]).options(stream=True)
-    except AppNotFound:  # e.g. redeploying after its replicas were lost
-        raise TemporarilyUnavailable(
-            f"served entity {entity['name']!r} has no running replicas yet; retry shortly",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
-    chunks: AsyncIterator[TokenChunk] = handle.generate.remote(request)
-    served = entity["name"]
-    headers = {"served-model-name": served}
-    if body.stream:
-        return StreamingResponse(
-            _sse(kind, request_id, served, chunks),
-            media_type="text/event-stream",
-            headers=headers,
-        )
-    texts: dict[int, str] = {i: "" for i in range(body.n)}
-    finish: dict[int, str | None] = {}
-    usage: Usage | None = None
-    async with asyncio.timeout(plane.settings.query_timeout_s):
-        async for chunk in chunks:
-            texts[chunk.index] += chunk.text
-            usage = chunk.usage
-            if chunk.finish_reason:
-                finish[chunk.index] = chunk.finish_reason
-    return JSONResponse(
-        full_response(kind, request_id, served, texts, finish, usage), headers=headers
-    )
+@router.post("/completions")
+async def completions(request: Request) -> Any:
+    return await _query(request, "completion", None)
 
 
-async def _sse(
-    kind: Kind, request_id: str, served: str, chunks: AsyncIterator[TokenChunk]
-) -> AsyncIterator[str]:
-    first: set[int] = set()
-    try:
-        async for chunk in chunks:
-            payload = stream_chunk(kind, request_id, served, chunk, chunk.index not in first)
-            first.add(chunk.index)
-            yield f"data: {json.dumps(payload)}\n\n"
-    except Exception as exc:  # after the first byte an error travels as a chunk
-        error = {"error": {"message": str(exc), "type": "server_error", "code": "INTERNAL_ERROR"}}
-        yield f"data: {json.dumps(error)}\n\n"
-        return
-    yield "data: [DONE]\n\n"
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Any:
+    return await _query(request, "embeddings", None)
 
 
-def _parse(kind: Kind, raw: dict[str, Any]) -> ChatBody | CompletionBody:
-    model = ChatBody if kind == "chat" else CompletionBody
-    try:
-        return model.model_validate(raw)
-    except ValueError as exc:
-        raise InvalidParameter(str(exc).replace("\n", " ")) from None
+@router.post("/{name}/invocations")
+async def invocations(name: str, request: Request) -> Any:
+    return await _query(request, None, name)
 
 
+# -- the query ---------------------------------------------------------------------------
 async def _json(request: Request) -> dict[str, Any]:
     try:
-        raw = await request.json()
+        raw = json.loads(await request.body())
     except ValueError:
         raise InvalidParameter("the request body must be JSON") from None
     if not isinstance(raw, dict):
@@ -124,26 +88,65 @@ async def _json(request: Request) -> dict[str, Any]:
     return raw
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request, endpoints: EndpointsDep, plane: PlaneDep) -> Any:
-    body = _parse("chat", await _json(request))
-    _, entity = await asyncio.to_thread(_route, endpoints, body.model)
-    return await _answer(plane, "chat", body, entity)
-
-
-@router.post("/completions")
-async def completions(request: Request, endpoints: EndpointsDep, plane: PlaneDep) -> Any:
-    body = _parse("completion", await _json(request))
-    _, entity = await asyncio.to_thread(_route, endpoints, body.model)
-    return await _answer(plane, "completion", body, entity)
-
-
-@router.post("/{name}/invocations")
-async def invocations(name: str, request: Request, endpoints: EndpointsDep, plane: PlaneDep) -> Any:
+async def _query(request: Request, kind: Kind | None, name: str | None) -> Any:
+    # The app state, not a FastAPI dependency: this is the hot path.
+    gateway: Gateway | None = request.app.state.plane.gateway
+    if gateway is None:
+        raise TemporarilyUnavailable("the query gateway is starting", headers={"Retry-After": "1"})
     raw = await _json(request)
-    kind: Kind = "chat" if "messages" in raw else "completion"
-    if kind == "completion" and "prompt" not in raw:
-        raise InvalidParameter("send `messages` (chat) or `prompt` (completion)")
-    body = _parse(kind, raw)
-    _, entity = await asyncio.to_thread(_route, endpoints, name)
-    return await _answer(plane, kind, body, entity)
+    body = parse_body(kind or kind_of(raw), raw)
+    name = name or body.model
+    if not name:
+        raise InvalidParameter("name the endpoint in the body's `model` field")
+    target = await gateway.targets.resolve(request.headers.get("authorization"), name)
+    entities = candidates(target.config, target.endpoint_name, fallback=target.fallback_enabled)
+    prompts = {e["name"]: _prompt(gateway, e, body) for e in entities}
+    first = prompts[entities[0]["name"]]
+    request_id = uuid.uuid4().hex
+    reservation = await gateway.reserve(target, request_id, sum(len(p) for p in first))
+    accepted = Accepted(
+        request_id=request_id,
+        target=target,
+        streaming=body.stream,
+        client_request_id=body.client_request_id,
+        usage_context=body.usage_context,
+        reservation=reservation,
+        ledger=gateway.ledger,
+        limiter=gateway.limiter,
+        metrics=gateway.metrics,
+        entity=entities[0]["name"],
+        request_time=gateway.admitted_at(reservation),
+        request_payload=json.dumps(raw) if target.inference_table_enabled else None,
+    )
+    try:
+        try:
+            return await answer(gateway, accepted, body, entities, prompts)
+        except EntitiesUnavailable:
+            # A cached route may name apps a config update has since retired: re-read the
+            # endpoint and, if its config moved on, try the new entities (same request id).
+            fresh = await gateway.targets.reload(request.headers.get("authorization"), name)
+            if fresh.config_version == target.config_version:
+                raise
+            entities = candidates(fresh.config, name, fallback=fresh.fallback_enabled)
+            prompts = {e["name"]: _prompt(gateway, e, body) for e in entities}
+            return await answer(gateway, accepted, body, entities, prompts)
+    except ApiError as exc:
+        await accepted.finish(exc.status_code)
+        raise
+    except asyncio.CancelledError:
+        accepted.finish(CLIENT_CLOSED)
+        raise
+    except Exception:
+        await accepted.finish(500)
+        raise
+
+
+def _prompt(gateway: Gateway, entity: Entity, body: Body) -> list[list[int]]:
+    """The body's token ids under `entity`'s tokenizer (one list; embeddings: one per input)."""
+    tokenizer = gateway.tokenizer(entity)
+    if isinstance(body, ChatBody):
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        return [tokenizer.apply_chat_template(messages)]
+    if isinstance(body, CompletionBody):
+        return [tokenizer.encode(body.text())]
+    return [tokenizer.encode(i) if isinstance(i, str) else i for i in body.items()]

@@ -56,6 +56,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
+        self.apps: dict[str, AppStatus] = {}  # every moeserve app, as the last tick saw it
 
     def kick(self) -> None:
         """Run the next tick now (after an API change); callable from any thread."""
@@ -76,6 +77,7 @@ class Reconciler:
     # -- one pass (synchronous: runs in a worker thread) --------------------------------
     def tick(self) -> None:
         apps = self.provider.list_apps(APP_PREFIX)
+        self.apps = apps
         with self.sessions() as session:
             endpoint_ids = set(session.scalars(select(Endpoint.id)).all())
             owned = self._claim(session)

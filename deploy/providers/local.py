@@ -25,6 +25,7 @@ from ray.serve.schema import ApplicationDetails, ApplicationStatus, DeploymentDe
 
 from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
 from workers.serve import WorkerAppConfig, build_app
+from workers.serve.server import EngineFactory
 
 LOG_TAIL_LINES = 200
 _LOG_TAIL_BYTES = 256 * 1024  # read no more than this from the end of each log file
@@ -52,8 +53,12 @@ class LocalRayProvider:
         namespace: str = "moeserve",
         *,
         timeout_s: float = 30.0,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
+        """`engine_factory` replaces the model engine in every replica (benchmarks of the
+        serving path use `workers.engine.instant`); None: the real engine."""
         self.address = address
+        self.engine_factory = engine_factory
         self.num_cpus = num_cpus
         self.namespace = namespace
         self.timeout_s = timeout_s
@@ -122,7 +127,12 @@ class LocalRayProvider:
             self.check_supported(spec.worker)
             with self._lock:
                 self._handles.pop(spec.name, None)
-            _run(build_app(spec.worker), _blocking=False, name=spec.name, route_prefix=None)
+            _run(
+                build_app(spec.worker, self.engine_factory),
+                _blocking=False,
+                name=spec.name,
+                route_prefix=None,
+            )
 
     def status(self, name: str) -> AppStatus | None:
         app = self._app_details(name)

@@ -48,9 +48,10 @@ from databricks.sdk.service.serving import (
 from ray import serve
 
 from control_plane.endpoints.capacity import APP_PREFIX, endpoint_app_prefix
-from control_plane.settings import WorkerDefaults
+from control_plane.settings import GatewaySettings, WorkerDefaults
 from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer, live_server, make_settings
 from tests.control_plane.conftest import wait_for as wait_until
+from tests.control_plane.query_fixtures import usage_rows
 from workers.model import build_random, preset, save_checkpoint
 
 MODEL = "tiny-chat"
@@ -86,6 +87,7 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         workers=WorkerDefaults(kv_cache_tokens=2048),
         shared_endpoints=[],  # nothing to deploy but what the tests create
         retire_grace_s=0.5,
+        gateway=GatewaySettings(lookup_cache_ttl_s=0.5),
     )
     with live_server(settings) as live, live.client() as http:
         for version, seed in (("1", 1), ("2", 2)):
@@ -202,6 +204,51 @@ def test_ready_endpoint_answers_a_chat_invocation(server: LiveServer, endpoint: 
     assert usage["prompt_tokens"] > 2  # chat template + "hello world"
     assert 1 <= usage["completion_tokens"] <= 8
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_real_engine_through_openai_logprobs_stream_and_ledger(
+    server: LiveServer, endpoint: Created
+) -> None:
+    """The real engine (not the instant one): logprobs, a stream with include_usage, and
+    the usage the client saw equals the engine's counts in the ledger."""
+    from openai import OpenAI
+
+    client = OpenAI(api_key=ADMIN_TOKEN, base_url=f"{server.url}/serving-endpoints", max_retries=0)
+    greedy = client.chat.completions.create(
+        model=endpoint.name,
+        messages=[{"role": "user", "content": "hello world"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = greedy.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    assert content[0].top_logprobs[0].logprob >= content[0].top_logprobs[1].logprob
+    chunks = list(
+        client.chat.completions.create(
+            model=endpoint.name,
+            messages=[{"role": "user", "content": "hello world"}],
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == greedy.choices[0].message.content  # same greedy tokens either way
+    usage = chunks[-1].usage
+    assert usage is not None and greedy.usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        greedy.usage.prompt_tokens,
+        greedy.usage.completion_tokens,
+    )
+    ledger = {row["databricks_request_id"]: row for row in usage_rows(server, endpoint.name)}
+    row = ledger[chunks[0].id.split("-", 1)[1]]
+    assert (row["input_token_count"], row["output_token_count"]) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
 
 
 def test_patch_adds_and_deletes_tags(server: LiveServer, endpoint: Created) -> None:

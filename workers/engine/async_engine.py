@@ -11,6 +11,11 @@ on a machine with fewer cores than pool threads, OpenMP stops spin-waiting betwe
 parallel regions, and a step ran 12-17% slower on this 2-core machine. So build the model in
 `torch_thread()` and hand that same thread to `AsyncEngine(step_thread=...)`.
 
+Embeddings and any other model call outside a step go through `run_on_torch_thread`: the
+same single thread runs it between two steps, never concurrently with one. `embed` submits
+one input at a time, so a long batch of inputs delays running streams by one input's
+forward at most, not by the whole batch.
+
 Cancellation: when a consumer stops iterating (client gone, `aclose()`, task cancelled) the
 request is aborted before the next step, which frees its KV blocks; the usage it had
 reached is logged and returned by `abort()` / kept in `cancelled_usage`.
@@ -22,14 +27,19 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
+from workers.engine.embedding import EmbeddingResult, check_embedding_inputs
 from workers.engine.engine import LLMEngine
 from workers.engine.request import GenerationRequest, TokenChunk, Usage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def torch_thread() -> ThreadPoolExecutor:
@@ -68,6 +78,7 @@ class AsyncEngine:
         self._stepper = step_thread or torch_thread()  # see "Threads" above
         self._error: BaseException | None = None
         self._draining = False
+        self._unary_in_flight = 0  # embed calls; drain waits for them as for streams
         self._history = cancelled_history
         self.cancelled_usage: OrderedDict[str, Usage] = OrderedDict()
 
@@ -84,7 +95,22 @@ class AsyncEngine:
 
     @property
     def num_in_flight(self) -> int:
-        return len(self._streams)
+        """Requests running now: generation streams and embedding calls."""
+        return len(self._streams) + self._unary_in_flight
+
+    def stats(self) -> dict[str, int]:
+        """Occupancy: in-flight requests, KV blocks, preemptions, prefix-cache hits, steps."""
+        core = self.engine
+        blocks = core.block_manager
+        return {
+            "in_flight_requests": self.num_in_flight,
+            "kv_blocks_total": blocks.num_blocks,
+            "kv_blocks_free": blocks.num_free_blocks,
+            "preemptions": core.scheduler.num_preemptions,
+            "prefix_cache_hit_tokens": blocks.prefix_hits,
+            "prefix_cache_query_tokens": blocks.prefix_queries,
+            "steps": core.steps,
+        }
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests, let running ones finish (up to `timeout_s`), then stop.
@@ -93,10 +119,12 @@ class AsyncEngine:
         """
         self._draining = True
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._streams and asyncio.get_running_loop().time() < deadline:
+        while self.num_in_flight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        drained = not self._streams
+        drained = not self.num_in_flight
         for request_id in list(self._streams):
+            # The consumer hears why its stream ends instead of waiting for a last chunk.
+            self._fail(request_id, EngineDrainingError("the replica shut down mid-request"))
             await self.abort(request_id)
         await self.stop()
         return drained
@@ -119,12 +147,34 @@ class AsyncEngine:
         await loop.run_in_executor(self._stepper, self.engine.executor.shutdown)
         self._stepper.shutdown(wait=False)
 
+    async def run_on_torch_thread(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the step thread between two steps (never concurrently with one)."""
+        return await asyncio.wrap_future(self._stepper.submit(fn))
+
     # -- requests -----------------------------------------------------------------------
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
-        """Stream the request's chunks; the last one of each choice has `finish_reason`."""
+    def _check_accepting(self) -> None:
         self.check_health()
         if self._draining:
             raise EngineDrainingError("this replica is draining; retry on another one")
+
+    async def embed(self, inputs: list[list[int]]) -> EmbeddingResult:
+        """One pooled, unit-length vector per token list (see `workers.engine.embedding`)."""
+        self._check_accepting()
+        check_embedding_inputs(inputs, self.engine.max_seq_len)
+        embed = self.engine.executor.embed
+        self._unary_in_flight += 1
+        try:
+            vectors = [
+                (await self.run_on_torch_thread(partial(embed, token_ids))).tolist()
+                for token_ids in inputs
+            ]
+        finally:
+            self._unary_in_flight -= 1
+        return EmbeddingResult.of(inputs, vectors)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
+        """Stream the request's chunks; the last one of each choice has `finish_reason`."""
+        self._check_accepting()
         if request.request_id in self._streams:
             raise ValueError(f"request id {request.request_id!r} is already running")
         self.engine.validate(request)  # raises ValueError with what to change

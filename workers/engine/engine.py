@@ -14,7 +14,14 @@ from workers.engine.block_manager import BlockManager
 from workers.engine.detokenizer import IncrementalDetokenizer
 from workers.engine.model_runner import Executor, StepInput
 from workers.engine.paged_attention import SequenceChunk
-from workers.engine.request import FinishReason, GenerationRequest, TokenChunk, TokenLogprob, Usage
+from workers.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    TokenChunk,
+    TokenLogprob,
+    Usage,
+    token_limit,
+)
 from workers.engine.sampler import SamplingState, new_sampling_state, sample
 from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from workers.engine.sequence import Sequence
@@ -70,21 +77,7 @@ class LLMEngine:
     # -- requests -----------------------------------------------------------------------
     def max_tokens_for(self, request: GenerationRequest) -> int:
         """The request's token limit, checked against the context; ValueError says why."""
-        prompt = len(request.prompt_token_ids)
-        room = self.max_seq_len - prompt
-        if room < 1:
-            raise ValueError(
-                f"the prompt has {prompt} tokens; this model's context is {self.max_seq_len}"
-                " tokens, so shorten the prompt"
-            )
-        if request.max_tokens is None:
-            return room
-        if request.max_tokens > room:
-            raise ValueError(
-                f"max_tokens {request.max_tokens} + prompt {prompt} tokens exceed the "
-                f"context of {self.max_seq_len}; use max_tokens <= {room}"
-            )
-        return request.max_tokens
+        return token_limit(request, self.max_seq_len)
 
     def validate(self, request: GenerationRequest) -> int:
         """Every check `add_request` makes, without changing any state; returns the

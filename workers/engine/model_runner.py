@@ -1,5 +1,8 @@
 """Runs one engine step on a model shard: flattened tokens in, last-token logits out.
 
+It also embeds one token list (`embed`: a causal forward without the paged cache, pooled by
+`workers.engine.embedding.mean_pool`).
+
 `StepInput` is plain data so the driver can send the same step to every rank of a sharded
 replica; each rank owns a `ModelRunner` with its model shard and its own paged cache.
 """
@@ -11,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from workers.engine.embedding import mean_pool
 from workers.engine.paged_attention import (
     PagedAttention,
     PagedKVCache,
@@ -39,6 +43,10 @@ class Executor(Protocol):
 
     def execute(self, step: StepInput) -> torch.Tensor:
         """Logits [len(step.sample_rows), V] (fp32, on CPU)."""
+        ...
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        """The unit-length mean of the final hidden states [D] (fp32, on CPU)."""
         ...
 
     def shutdown(self) -> None: ...
@@ -74,6 +82,11 @@ class ModelRunner:
         rows = torch.tensor(step.sample_rows, device=device)
         return self.model.logits(hidden[0, rows]).float().cpu()
 
+    @torch.inference_mode()
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        ids = torch.tensor(token_ids, device=self.device).unsqueeze(0)  # [1, T]
+        return mean_pool(self.model.causal_hidden_states(ids)[0])
+
 
 class LocalExecutor:
     """The whole model in this process, on one device."""
@@ -91,6 +104,9 @@ class LocalExecutor:
 
     def execute(self, step: StepInput) -> torch.Tensor:
         return self.runner.execute(step)
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        return self.runner.embed(token_ids)
 
     def shutdown(self) -> None:
         pass

@@ -3,12 +3,14 @@
 `GenerationRequest` is validated at the edge (pydantic) with messages that say what to
 change. `TokenChunk`s are plain dataclasses so they cross process boundaries (Ray Serve
 streaming) cheaply; every chunk carries the request's usage so far, and the last chunk of
-each choice carries its `finish_reason`.
+each choice carries its `finish_reason`. `aggregate(chunks)` folds a finished stream into
+one `Completion`, for callers that want the whole answer in one reply.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +47,26 @@ class GenerationRequest(BaseModel):
         return stops
 
 
+def token_limit(request: GenerationRequest, max_seq_len: int) -> int:
+    """How many tokens `request` may generate within a context of `max_seq_len` tokens;
+    a ValueError says what to change when the prompt or `max_tokens` does not fit."""
+    prompt = len(request.prompt_token_ids)
+    room = max_seq_len - prompt
+    if room < 1:
+        raise ValueError(
+            f"the prompt has {prompt} tokens; this model's context is {max_seq_len}"
+            " tokens, so shorten the prompt"
+        )
+    if request.max_tokens is None:
+        return room
+    if request.max_tokens > room:
+        raise ValueError(
+            f"max_tokens {request.max_tokens} + prompt {prompt} tokens exceed the "
+            f"context of {max_seq_len}; use max_tokens <= {room}"
+        )
+    return request.max_tokens
+
+
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
@@ -71,3 +93,46 @@ class TokenChunk:
     usage: Usage  # the whole request so far: prompt once, completions of all choices
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished request in one piece; every mapping is keyed by choice index."""
+
+    request_id: str
+    texts: dict[int, str]
+    token_ids: dict[int, list[int]]
+    finish_reasons: dict[int, FinishReason]
+    usage: Usage  # the whole request: prompt once, the completions of every choice
+    logprobs: dict[int, list[TokenLogprob]] | None = None  # None unless requested
+
+
+def aggregate(chunks: Iterable[TokenChunk]) -> Completion:
+    """Fold a finished stream (every choice has its `finish_reason`) into a `Completion`."""
+    texts: dict[int, list[str]] = {}
+    token_ids: dict[int, list[int]] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
+    finish_reasons: dict[int, FinishReason] = {}
+    last: TokenChunk | None = None
+    for chunk in chunks:
+        texts.setdefault(chunk.index, []).append(chunk.text)
+        token_ids.setdefault(chunk.index, []).extend(chunk.token_ids)
+        if chunk.logprobs is not None:
+            logprobs.setdefault(chunk.index, []).extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            finish_reasons[chunk.index] = chunk.finish_reason
+        last = chunk
+    if last is None:
+        raise ValueError("no chunks to aggregate")
+    unfinished = sorted(set(texts) - set(finish_reasons))
+    if unfinished:
+        raise ValueError(f"the stream ended before choices {unfinished} finished")
+    indexes = sorted(texts)
+    return Completion(
+        request_id=last.request_id,
+        texts={i: "".join(texts[i]) for i in indexes},
+        token_ids={i: token_ids[i] for i in indexes},
+        finish_reasons={i: finish_reasons[i] for i in indexes},
+        usage=last.usage,  # every chunk carries the usage so far; the last one is final
+        logprobs={i: logprobs.get(i, []) for i in indexes} if logprobs else None,
+    )

@@ -62,6 +62,21 @@ class MoETransformer(nn.Module):
         With a cache, the new tokens continue the cached positions and their keys/values are
         appended; without one the call is a plain causal forward over `input_ids`.
         """
+        x = self.causal_hidden_states(input_ids, cache=cache)
+        if last_logits_only:
+            x = x[:, -1:]
+        return self.logits(x)
+
+    def causal_hidden_states(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        *,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, D] of the causal forward that `forward` runs.
+
+        Embeddings pool these (no cache needed); `forward` turns them into logits.
+        """
         bsz, seqlen = input_ids.shape
         start = cache.length if cache is not None else 0
         if start + seqlen > self.args.max_seq_len:
@@ -75,9 +90,7 @@ class MoETransformer(nn.Module):
         x = self.hidden_states(input_ids, positions, context)
         if cache is not None:
             cache.advance(seqlen)
-        if last_logits_only:
-            x = x[:, -1:]
-        return self.logits(x)
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states [..., D] -> logits [..., V]."""

@@ -6,7 +6,8 @@ placement group, and all N ranks join one torch.distributed group (NCCL on GPU, 
 CPU). Every rank loads the model, keeps its shard (`shard_model`) and its own paged KV
 cache. Each step, rank 0 sends the same `StepInput` to every actor, runs its own shard, and
 the collectives inside the model keep the ranks in lockstep; rank 0's logits are the
-result. The scheduler, block tables and sampling live only on rank 0.
+result. Embeddings go the same way (every rank runs the same cache-less forward; rank 0's
+pooled vector is the result). The scheduler, block tables and sampling live only on rank 0.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class RankWorker:
 
     def execute(self, step: StepInput) -> None:
         self.runner.execute(step)
+
+    def embed(self, token_ids: list[int]) -> None:
+        self.runner.embed(token_ids)  # joins rank 0's collectives; its vector is the result
 
     def shutdown(self) -> None:
         if dist.is_initialized():
@@ -165,6 +169,12 @@ class ShardedExecutor:
         logits = self._runner.execute(step)
         ray.get(pending)  # surfaces a failed rank instead of hanging on the next step
         return logits
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        pending = [actor.embed.remote(token_ids) for actor in self._actors]
+        vector = self._runner.embed(token_ids)
+        ray.get(pending)
+        return vector
 
     def shutdown(self) -> None:
         for actor in self._actors:

@@ -1,25 +1,30 @@
 """The replica: one engine per Ray Serve replica, many streams in flight.
 
 `LLMServer` is a plain class (Ray Serve wraps it in `app.py`), so tests can construct it
-directly, with a real engine or an injected one. Its step loop runs in the background from
-the first request; `generate` streams `TokenChunk`s; when the caller goes away (the
-handle's stream is cancelled) the request is aborted and its KV blocks freed before the
-next step.
+directly, with a real engine or an injected one (any `ServingEngine`, e.g. the model-free
+`workers.engine.instant.InstantEngine`). Its step loop runs in the background from the
+first request; `generate` streams `TokenChunk`s; when the caller goes away (the handle's
+stream is cancelled) the request is aborted and its KV blocks freed before the next step.
+`complete` aggregates the stream here, so a non-streaming call costs one Ray round trip;
+`embed` returns pooled hidden states (see `workers.engine.embedding`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from workers.engine import (
     AsyncEngine,
+    Completion,
+    EmbeddingResult,
     GenerationRequest,
     LLMEngine,
     TokenChunk,
+    aggregate,
     build_engine,
     engine_over,
     torch_thread,
@@ -29,7 +34,27 @@ from workers.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[WorkerAppConfig], AsyncEngine]
+
+class ServingEngine(Protocol):
+    """What the replica needs of an engine: `AsyncEngine` and `InstantEngine` provide it."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]: ...
+
+    async def embed(self, inputs: list[list[int]]) -> EmbeddingResult: ...
+
+    @property
+    def num_in_flight(self) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def check_health(self) -> None: ...
+
+    async def drain(self, timeout_s: float) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+EngineFactory = Callable[[WorkerAppConfig], ServingEngine]
 
 
 def build_async_engine(config: WorkerAppConfig) -> AsyncEngine:
@@ -65,31 +90,28 @@ def _build_core_engine(config: WorkerAppConfig) -> LLMEngine:
 class LLMServer:
     def __init__(self, config: WorkerAppConfig, engine_factory: EngineFactory | None = None):
         self.config = config
-        self.engine = (engine_factory or build_async_engine)(config)
+        self.engine: ServingEngine = (engine_factory or build_async_engine)(config)
         log.info("replica of %s ready", config.name)
 
     async def generate(
         self, request: GenerationRequest | dict[str, Any]
     ) -> AsyncIterator[TokenChunk]:
         """Stream a request's chunks (call through `handle.options(stream=True)`)."""
-        if not isinstance(request, GenerationRequest):
-            request = GenerationRequest.model_validate(request)
-        async for chunk in self.engine.generate(request):
+        async for chunk in self.engine.generate(_validated(request)):
             yield chunk
 
+    async def complete(self, request: GenerationRequest | dict[str, Any]) -> Completion:
+        """The whole answer in one reply; cancelling the call aborts the request."""
+        return aggregate([chunk async for chunk in self.engine.generate(_validated(request))])
+
+    async def embed(self, inputs: list[list[int]]) -> EmbeddingResult:
+        """One pooled, unit-length vector per token list; ValueError says what to change."""
+        return await self.engine.embed(inputs)
+
     async def stats(self) -> dict[str, int]:
-        """Engine occupancy: in-flight requests, KV blocks, preemptions, prefix-cache hits."""
-        core = self.engine.engine
-        blocks = core.block_manager
-        return {
-            "in_flight_requests": self.engine.num_in_flight,
-            "kv_blocks_total": blocks.num_blocks,
-            "kv_blocks_free": blocks.num_free_blocks,
-            "preemptions": core.scheduler.num_preemptions,
-            "prefix_cache_hit_tokens": blocks.prefix_hits,
-            "prefix_cache_query_tokens": blocks.prefix_queries,
-            "steps": core.steps,
-        }
+        """Engine occupancy: in-flight requests and whatever else the engine counts (the
+        model engine: KV blocks, preemptions, prefix-cache hits, steps)."""
+        return self.engine.stats()
 
     async def check_health(self) -> None:
         """Raises when the engine's step loop died, so Serve replaces the replica."""
@@ -106,3 +128,10 @@ class LLMServer:
         if not drained:
             log.warning("shutdown timeout: requests still running were aborted")
         await self.engine.close()
+
+
+def _validated(request: GenerationRequest | dict[str, Any]) -> GenerationRequest:
+    """A handle call may carry the request as a plain dict; validate it at the edge."""
+    if isinstance(request, GenerationRequest):
+        return request
+    return GenerationRequest.model_validate(request)

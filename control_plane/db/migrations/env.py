@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from alembic import context
 
+from billing.ledger import LedgerBase
 from control_plane.db.models import Base
 
 config = context.config
 connection = config.attributes["connection"]
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=[Base.metadata, LedgerBase.metadata],
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )

@@ -109,11 +109,28 @@ def test_drain_finishes_running_requests_and_refuses_new_ones(
     asyncio.run(scenario())
 
 
+def test_drain_timeout_ends_running_streams_with_an_error(tiny_model: MoETransformer) -> None:
+    """Past the drain timeout a running stream is told why it ends (it must not hang)."""
+    engine = AsyncEngine(small_engine(tiny_model))
+
+    async def scenario() -> None:
+        running = asyncio.create_task(collect(engine, greedy([3, 4], 200, "long")))
+        await asyncio.sleep(0.05)
+        assert not await engine.drain(timeout_s=0)
+        with pytest.raises(EngineDrainingError, match="shut down"):
+            await asyncio.wait_for(running, timeout=10)
+
+    asyncio.run(scenario())
+
+
 class _BrokenExecutor:
     block_size = 4
     num_blocks = 64
 
     def execute(self, step: StepInput) -> torch.Tensor:
+        raise RuntimeError("device lost")
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
         raise RuntimeError("device lost")
 
     def shutdown(self) -> None:

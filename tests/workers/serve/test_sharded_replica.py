@@ -1,4 +1,5 @@
-"""A 2-rank CPU replica on Ray (gloo): logits and greedy tokens equal the unsharded model.
+"""A 2-rank CPU replica on Ray (gloo): logits, greedy tokens and embeddings equal the
+unsharded model's.
 
 The probe actor stands where a Ray Serve replica stands: in bundle 0 of a 2-bundle
 placement group, driving rank 0 in-process while rank 1 runs as an actor in bundle 1.
@@ -15,7 +16,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tests.workers.engine.conftest import greedy, random_prompts, run_to_end, tokens_of
-from workers.engine import EngineConfig, StepInput, build_engine, engine_over
+from workers.engine import EngineConfig, LocalExecutor, StepInput, build_engine, engine_over
 from workers.engine.paged_attention import SequenceChunk
 from workers.model import ModelSource
 
@@ -45,6 +46,9 @@ class ShardedProbe:
 
     def logits(self, prompt: list[int]) -> torch.Tensor:
         return self.executor.execute(prefill_step(prompt))
+
+    def embed(self, prompt: list[int]) -> torch.Tensor:
+        return self.executor.embed(prompt)
 
     def greedy_tokens(self, max_tokens: int) -> list[list[int]]:
         engine = engine_over(self.executor, SOURCE.args(), CONFIG)
@@ -76,6 +80,9 @@ def test_two_rank_replica_matches_the_unsharded_model(ray_cluster: None, mode: s
             sharded = ray.get(probe.logits.remote(prompt))
             full = model(torch.tensor([prompt]))[0]
             assert (sharded - full).abs().max().item() <= 1e-4
+            sharded_vector = ray.get(probe.embed.remote(prompt))
+            full_vector = LocalExecutor(model, num_blocks=1, block_size=1).embed(prompt)
+            assert (sharded_vector - full_vector).abs().max().item() <= 1e-5
         assert ray.get(probe.greedy_tokens.remote(16)) == expected_tokens
         ray.get(probe.shutdown.remote())
     finally:

@@ -1,0 +1,204 @@
+"""Gateway overhead: the full HTTP query path against a direct Ray Serve handle call.
+
+    .venv/bin/python -m bench.gateway_overhead [--requests 3000] [--concurrency 32] [--json]
+
+Both paths reach the same Ray Serve application, whose replica runs the instant engine
+(`workers.engine.instant`: no model compute), so what differs is exactly what the gateway
+adds: HTTP parsing, auth, routing, tokenization, rate-limit checks, the usage row (group
+commit to SQLite, durable before the response) and metrics.
+
+Setup: a local Ray (started here), the control plane in its own process (as deployed:
+uvicorn, SQLite, the Ray provider with the instant engine), one endpoint with a rate limit
+high enough never to trigger (so the limiter runs) and one `dbrx-tiny` entity.
+
+Measured in the same run, one after the other, each after a warm-up:
+- latency: sequential non-streaming requests (one in flight), p50 and p99, for the handle
+  (`handle.complete.remote(request)` from this driver) and for HTTP (`POST
+  /serving-endpoints/{name}/invocations` over one keep-alive connection);
+- throughput: requests/s with `--concurrency` requests in flight, both paths.
+The HTTP client is a minimal asyncio HTTP/1.1 client so that the load generator takes as
+little as possible of the machine's CPU from the server it measures.
+Goal (issue 5): added p50 <= 3 ms and >= 500 HTTP requests/s on the 2-core dev machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench.control_plane_process import create_endpoint, start_control_plane, stop
+from control_plane.process_env import prefer_same_loop_routing
+
+TOKEN = "dapi-bench-gateway"
+ENDPOINT = "bench-overhead"
+PROMPT = "What does a gateway add to the latency of a query?"
+
+
+# -- a minimal HTTP/1.1 client ------------------------------------------------------------
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes):
+        self.reader, self.writer, self.request = reader, writer, request
+
+    @classmethod
+    async def open(cls, port: int, path: str, body: bytes) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return cls(reader, writer, head.encode() + body)
+
+    async def post(self) -> bytes:
+        self.writer.write(self.request)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        if b" 200 " not in status_line:
+            raise RuntimeError(f"{status_line!r}: {payload[:300]!r}")
+        return payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# -- measurements -------------------------------------------------------------------------
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _sequential(call: Any, count: int) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+async def _concurrent(make_call: Any, count: int, concurrency: int) -> float:
+    """Requests/s with `concurrency` workers, each issuing requests back to back."""
+    remaining = count
+
+    async def worker(call: Any) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    calls = [await make_call() for _ in range(concurrency)]
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(call) for call in calls))
+    return count / (time.perf_counter() - started)
+
+
+async def measure(port: int, app_name: str, requests: int, concurrency: int) -> dict[str, Any]:
+    from ray import serve
+
+    from workers.engine import GenerationRequest
+    from workers.tokenizer import load_tokenizer
+
+    prompt_ids = load_tokenizer("cl100k_base").encode(PROMPT)
+    handle = serve.get_app_handle(app_name)
+
+    async def handle_call() -> None:
+        request = GenerationRequest(prompt_token_ids=prompt_ids, max_tokens=4)
+        await handle.complete.remote(request)
+
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 4}).encode()
+    path = f"/serving-endpoints/{ENDPOINT}/invocations"
+
+    async def http_caller() -> Any:
+        connection = await Connection.open(port, path, body)
+        return connection.post
+
+    http_call = await http_caller()
+    sequential = max(200, requests // 5)
+    results: dict[str, Any] = {}
+    for name, call in (("handle", handle_call), ("http", http_call)):
+        await _sequential(call, 50)  # warm-up
+        latencies = await _sequential(call, sequential)
+        results[f"{name}_p50_ms"] = round(statistics.median(latencies) * 1000, 3)
+        results[f"{name}_p99_ms"] = round(_percentile(latencies, 0.99) * 1000, 3)
+    results["added_p50_ms"] = round(results["http_p50_ms"] - results["handle_p50_ms"], 3)
+
+    async def make_handle_call() -> Any:
+        return handle_call
+
+    await _concurrent(make_handle_call, requests // 10, concurrency)  # warm-up
+    results["handle_requests_per_s"] = round(
+        await _concurrent(make_handle_call, requests, concurrency), 1
+    )
+    await _concurrent(http_caller, requests // 10, concurrency)
+    results["http_requests_per_s"] = round(await _concurrent(http_caller, requests, concurrency), 1)
+    results.update(requests=requests, concurrency=concurrency, sequential_requests=sequential)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="per throughput run")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="last line: the results as JSON")
+    args = parser.parse_args(argv)
+    prefer_same_loop_routing()  # the baseline's handle routes as the gateway's does
+
+    import ray
+
+    context = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    address = context.address_info["gcs_address"]  # type: ignore[attr-defined]
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            print("starting the control plane ...", file=sys.stderr)
+            server, base = start_control_plane(address, data_dir, token=TOKEN)
+            try:
+                print("creating the endpoint (instant replicas) ...", file=sys.stderr)
+                limits = [{"calls": 1_000_000, "key": "endpoint", "renewal_period": "minute"}]
+                endpoint = create_endpoint(base, ENDPOINT, token=TOKEN, rate_limits=limits)
+                app_name = _app_name(endpoint["id"])
+                port = int(base.rsplit(":", 1)[1])
+                print(f"measuring (app {app_name}) ...", file=sys.stderr)
+                results = asyncio.run(measure(port, app_name, args.requests, args.concurrency))
+            finally:
+                stop(server)
+    finally:
+        ray.shutdown()
+    _report(results)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _app_name(endpoint_id: str) -> str:
+    from ray import serve
+
+    from control_plane.endpoints.capacity import endpoint_app_prefix
+
+    prefix = endpoint_app_prefix(endpoint_id)
+    names = [n for n in serve.status().applications if n.startswith(prefix)]
+    if len(names) != 1:
+        raise SystemExit(f"expected one Serve app for the endpoint, found {names}")
+    return names[0]
+
+
+def _report(r: dict[str, Any]) -> None:
+    print(f"{'path':<8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    print(
+        f"{'handle':<8}{r['handle_p50_ms']:>10}{r['handle_p99_ms']:>10}{r['handle_requests_per_s']:>10}"
+    )
+    print(f"{'http':<8}{r['http_p50_ms']:>10}{r['http_p99_ms']:>10}{r['http_requests_per_s']:>10}")
+    print(f"added p50: {r['added_p50_ms']} ms (goal <= 3); HTTP throughput goal >= 500 req/s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

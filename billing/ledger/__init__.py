@@ -1,0 +1,23 @@
+"""The request-level usage ledger: the `endpoint_usage` table (one row per served request,
+shaped like Databricks `system.serving.endpoint_usage`), the optional size-capped
+`inference_log` of request/response payloads, and `UsageLedger`, the asyncio group-commit
+writer the query gateway awaits before finishing a response. Hourly DBU aggregation reads
+`endpoint_usage`; the schema is created by the control plane's Alembic migrations, which
+target `LedgerBase.metadata` alongside the control plane's own."""
+
+from billing.ledger.models import EndpointUsage, InferenceLog, LedgerBase
+from billing.ledger.rows import TRUNCATION_MARKER, InferencePayload, UsageRow, cap_text
+from billing.ledger.writer import LedgerClosedError, LedgerWriteError, UsageLedger
+
+__all__ = [
+    "TRUNCATION_MARKER",
+    "EndpointUsage",
+    "InferenceLog",
+    "InferencePayload",
+    "LedgerBase",
+    "LedgerClosedError",
+    "LedgerWriteError",
+    "UsageLedger",
+    "UsageRow",
+    "cap_text",
+]

@@ -1,0 +1,114 @@
+"""The ledger's tables: one row per request (`endpoint_usage`, shaped like Databricks
+`system.serving.endpoint_usage`) and an optional, size-capped payload log (`inference_log`).
+
+Billing owns these tables and its own declarative base, so it never imports `control_plane`;
+the control plane's Alembic environment targets both metadatas.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Column widths, shared with the row validation in `billing.ledger.rows` so that a row that
+# would not fit is rejected for its own request instead of failing a whole batch.
+REQUEST_ID_LENGTH = 64
+CLIENT_REQUEST_ID_LENGTH = 256
+ID_LENGTH = 32  # account, workspace and endpoint ids (control-plane ids)
+ENDPOINT_NAME_LENGTH = 63
+NAME_LENGTH = 255  # principal names, served entity names
+
+# Fixed constraint names, so migrations are identical on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass a UTC-aware one")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class LedgerBase(DeclarativeBase):
+    """Declarative base of the billing tables (a metadata of their own)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        dict[str, str]: JSON,
+    }
+
+
+class EndpointUsage(LedgerBase):
+    """One row per served request, written once when the request completes (or fails).
+
+    `databricks_request_id` is the server-chosen request id and the idempotency key: writing
+    the same id twice keeps the first row. `workspace_id` is NULL for account-shared
+    endpoints. Hourly billing aggregates by `request_time`, per endpoint.
+    """
+
+    __tablename__ = "endpoint_usage"
+
+    databricks_request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), primary_key=True)
+    client_request_id: Mapped[str | None] = mapped_column(String(CLIENT_REQUEST_ID_LENGTH))
+    requester: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    status_code: Mapped[int] = mapped_column(Integer)
+    request_time: Mapped[datetime] = mapped_column(index=True)
+    served_entity_id: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    endpoint_name: Mapped[str] = mapped_column(String(ENDPOINT_NAME_LENGTH))
+    endpoint_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workspace_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    account_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    input_token_count: Mapped[int] = mapped_column(Integer)
+    output_token_count: Mapped[int] = mapped_column(Integer)
+    request_streaming: Mapped[bool] = mapped_column(Boolean)
+    usage_context: Mapped[dict[str, str] | None]
+
+    __table_args__ = (
+        Index("ix_endpoint_usage_endpoint_id_request_time", "endpoint_id", "request_time"),
+    )
+
+
+class InferenceLog(LedgerBase):
+    """The request and response text of a request, each capped to a configured number of
+    UTF-8 bytes by the writer; the `*_truncated` flags say whether the cap cut it."""
+
+    __tablename__ = "inference_log"
+
+    databricks_request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    endpoint_name: Mapped[str] = mapped_column(String(ENDPOINT_NAME_LENGTH))
+    served_entity_id: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    request_time: Mapped[datetime]
+    status_code: Mapped[int] = mapped_column(Integer)
+    request: Mapped[str] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)
+    request_truncated: Mapped[bool] = mapped_column(Boolean)
+    response_truncated: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        Index("ix_inference_log_endpoint_id_request_time", "endpoint_id", "request_time"),
+    )

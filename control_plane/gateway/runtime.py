@@ -1,0 +1,165 @@
+"""What the query path of one control-plane process holds: the lookup cache, the rate
+limiter, the usage ledger, metrics, the dispatcher and tokenizers. Built in the app's
+lifespan (`Gateway.start`), closed on shutdown (pending usage rows are flushed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from billing.ledger import UsageLedger
+from control_plane.db.models import Endpoint
+from control_plane.errors import RequestLimitExceeded, TemporarilyUnavailable
+from control_plane.gateway.dispatch import Dispatcher
+from control_plane.gateway.metrics import GatewayMetrics
+from control_plane.gateway.ratelimit import (
+    RateLimited,
+    RateLimiter,
+    RateLimiterUnavailable,
+    Reservation,
+    build_rate_limiter,
+)
+from control_plane.gateway.targets import QueryTarget, QueryTargets
+from control_plane.ids import utcnow
+from control_plane.settings import Settings
+from deploy.providers.base import Provider
+from workers.model import ModelSource
+from workers.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    provider: Provider
+    targets: QueryTargets
+    limiter: RateLimiter
+    ledger: UsageLedger
+    metrics: GatewayMetrics
+    dispatcher: Dispatcher
+    app_statuses: Any  # () -> {app name: AppStatus}, the reconciler's last view
+    tokenizers: dict[str, Any] = field(default_factory=dict)
+    _sampler: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        provider: Provider,
+        app_statuses: Any,
+    ) -> Gateway:
+        metrics = GatewayMetrics()
+        ledger = UsageLedger(
+            engine,
+            max_batch=settings.gateway.usage_batch_max,
+            max_payload_bytes=settings.gateway.inference_table_max_bytes,
+        )
+        ledger.start()
+        gateway = cls(
+            settings=settings,
+            sessions=sessions,
+            provider=provider,
+            targets=QueryTargets(sessions, settings.workers, settings.gateway.lookup_cache_ttl_s),
+            limiter=build_rate_limiter(settings.redis_url),
+            ledger=ledger,
+            metrics=metrics,
+            dispatcher=Dispatcher(provider, settings, metrics, app_statuses),
+            app_statuses=app_statuses,
+        )
+        gateway._sampler = asyncio.create_task(gateway._sample_forever(), name="replica-stats")
+        return gateway
+
+    async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+        await self.ledger.close()
+        await self.limiter.close()
+
+    # -- helpers of the query path --------------------------------------------------------
+    def tokenizer(self, entity: dict[str, Any]) -> Any:
+        name = ModelSource.model_validate(entity["model_source"]).tokenizer_name()
+        if name not in self.tokenizers:
+            self.tokenizers[name] = load_tokenizer(name)
+        return self.tokenizers[name]
+
+    def token_text(self, entity: dict[str, Any]) -> Any:
+        """token id -> its text under `entity`'s tokenizer (for logprobs)."""
+        tokenizer = self.tokenizer(entity)
+        return lambda token_id: tokenizer.decode([token_id])
+
+    async def reserve(
+        self, target: QueryTarget, request_id: str, prompt_tokens: int
+    ) -> Reservation | None:
+        """Admit the query under every rate limit that applies, or 429 with Retry-After."""
+        if not target.rules:
+            return None
+        try:
+            return await self.limiter.reserve(request_id, target.rules, prompt_tokens)
+        except RateLimited as exc:
+            self.metrics.rate_limited.labels(target.endpoint_name, exc.rule.key).inc()
+            raise RequestLimitExceeded(
+                f"rate limit of endpoint {target.endpoint_name!r} exceeded "
+                f"({exc.rule.describe()}); retry in {exc.retry_after_s} s",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        except RateLimiterUnavailable as exc:
+            raise TemporarilyUnavailable(
+                f"rate limits cannot be checked: {exc}",
+                headers={"Retry-After": str(self.settings.gateway.retry_after_s)},
+            ) from None
+
+    def admitted_at(self, reservation: Reservation | None) -> datetime:
+        """When the query was admitted: the shared limiter's clock when it has one (so rows
+        of several processes order exactly as the limiter admitted them), else now."""
+        if reservation is not None and reservation.rules and self.limiter.wall_clock:
+            return datetime.fromtimestamp(reservation.admitted_at_s, UTC)
+        return utcnow()
+
+    # -- replica statistics for /metrics ---------------------------------------------------
+    async def _sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gateway.stats_interval_s)
+            try:
+                await self.sample_once()
+            except Exception:  # metrics must never take the query path down
+                log.debug("sampling replica stats failed", exc_info=True)
+
+    async def sample_once(self) -> None:
+        entities = await asyncio.to_thread(self._live_entities)
+        statuses = self.app_statuses()
+        for endpoint_name, entity in entities:
+            labels = (endpoint_name, entity["name"])
+            status = statuses.get(entity["app_name"])
+            running = status.running_replicas if status else 0
+            self.metrics.replicas.labels(*labels).set(running)
+            if not running:
+                continue
+            handle = await self.dispatcher.handle(entity)
+            async with asyncio.timeout(self.settings.gateway.stats_interval_s):
+                stats = await handle.stats.remote()
+            self.metrics.running_seqs.labels(*labels).set(stats.get("in_flight_requests", 0))
+            total = stats.get("kv_blocks_total") or 0
+            if total:
+                used = total - stats.get("kv_blocks_free", total)
+                self.metrics.kv_usage.labels(*labels).set(used / total)
+
+    def _live_entities(self) -> list[tuple[str, dict[str, Any]]]:
+        with self.sessions() as session:
+            rows = session.execute(select(Endpoint.name, Endpoint.config)).all()
+        return [
+            (name, entity)
+            for name, config in rows
+            if config
+            for entity in config["served_entities"]
+        ]

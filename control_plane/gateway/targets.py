@@ -1,0 +1,123 @@
+"""Who is querying which endpoint: token -> caller, name -> endpoint, CAN_QUERY, limits.
+
+Resolving a query costs several database reads (token, workspace, groups, endpoint,
+permissions). The query path reuses a resolution for `lookup_cache_ttl_s` (default 2 s),
+keyed by the token's digest and the endpoint name, so a revoked token, a new ACL or a
+promoted config takes effect within that time. Failures (401/403/404) are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.auth import Caller, Level, authenticate
+from control_plane.db.models import Endpoint, Principal
+from control_plane.endpoints.service import EndpointService
+from control_plane.gateway.ratelimit import LimitRule, rules_for
+from control_plane.settings import WorkerDefaults
+
+_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class QueryTarget:
+    caller: Caller
+    endpoint_id: str
+    endpoint_name: str
+    workspace_id: str | None
+    config: dict[str, Any] | None  # the live config; None until the first one is ready
+    ai_gateway: dict[str, Any]
+    rules: tuple[LimitRule, ...]
+
+    @property
+    def config_version(self) -> int | None:
+        return None if self.config is None else int(self.config["config_version"])
+
+    @property
+    def fallback_enabled(self) -> bool:
+        return bool((self.ai_gateway.get("fallback_config") or {}).get("enabled"))
+
+    @property
+    def inference_table_enabled(self) -> bool:
+        return bool((self.ai_gateway.get("inference_table_config") or {}).get("enabled"))
+
+
+def _resolve(
+    session: Session, authorization: str | None, name: str, defaults: WorkerDefaults
+) -> QueryTarget:
+    caller = authenticate(session, authorization)
+    service = EndpointService(session, caller, defaults, lambda worker: None)
+    endpoint, _ = service.by_name(name, Level.CAN_QUERY)
+    return target_of(session, caller, endpoint)
+
+
+def target_of(session: Session, caller: Caller, endpoint: Endpoint) -> QueryTarget:
+    gateway = dict(endpoint.ai_gateway or {})
+    limits = list(gateway.get("rate_limits") or []) + list(endpoint.rate_limits or [])
+    groups: frozenset[str] = frozenset()
+    if caller.group_ids and any(limit.get("key") == "user_group" for limit in limits):
+        groups = frozenset(
+            session.scalars(select(Principal.name).where(Principal.id.in_(caller.group_ids)))
+        )
+    return QueryTarget(
+        caller=caller,
+        endpoint_id=endpoint.id,
+        endpoint_name=endpoint.name,
+        workspace_id=endpoint.workspace_id,
+        config=endpoint.config,
+        ai_gateway=gateway,
+        rules=tuple(rules_for(endpoint.id, limits, caller, groups)),
+    )
+
+
+def _key(authorization: str | None, name: str) -> tuple[str, str]:
+    return hashlib.sha256((authorization or "").encode()).hexdigest(), name
+
+
+class QueryTargets:
+    """The resolution cache of one control-plane process."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], defaults: WorkerDefaults, ttl_s: float
+    ) -> None:
+        self._sessions = sessions
+        self._defaults = defaults
+        self._ttl_s = ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, QueryTarget]] = {}
+
+    async def resolve(self, authorization: str | None, name: str) -> QueryTarget:
+        key = _key(authorization, name)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return await self.reload(authorization, name)
+
+    async def reload(self, authorization: str | None, name: str) -> QueryTarget:
+        """Resolve from the database, bypassing (and then refreshing) the cache."""
+        key = _key(authorization, name)
+        now = time.monotonic()
+        target = await asyncio.to_thread(self._load, authorization, name)
+        if self._ttl_s > 0:
+            if len(self._cache) >= _MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = (now + self._ttl_s, target)
+        return target
+
+    def forget(self, endpoint_name: str | None = None) -> None:
+        """Drop cached resolutions (all, or one endpoint's): this process just changed them."""
+        if endpoint_name is None:
+            self._cache.clear()
+            return
+        for key in [k for k in self._cache if k[1] == endpoint_name]:
+            del self._cache[key]
+
+    def _load(self, authorization: str | None, name: str) -> QueryTarget:
+        with self._sessions() as session:
+            return _resolve(session, authorization, name, self._defaults)

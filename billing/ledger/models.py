@@ -7,13 +7,13 @@ the control plane's Alembic environment targets both metadatas.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, MetaData, String, Text
-from sqlalchemy.engine import Dialect
+from sqlalchemy import JSON, Boolean, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+
+from billing.sqltypes import NAMING, UtcDateTime
 
 # Column widths, shared with the row validation in `billing.ledger.rows` so that a row that
 # would not fit is rejected for its own request instead of failing a whole batch.
@@ -22,34 +22,6 @@ CLIENT_REQUEST_ID_LENGTH = 256
 ID_LENGTH = 32  # account, workspace and endpoint ids (control-plane ids)
 ENDPOINT_NAME_LENGTH = 63
 NAME_LENGTH = 255  # principal names, served entity names
-
-# Fixed constraint names, so migrations are identical on SQLite and PostgreSQL.
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite as on PostgreSQL."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are not stored; pass a UTC-aware one")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class LedgerBase(DeclarativeBase):

@@ -3,9 +3,9 @@ shaped like Databricks `system.serving.endpoint_usage`), the optional size-cappe
 `inference_log` of request/response payloads, and `UsageLedger`, the asyncio group-commit
 writer the query gateway awaits before finishing a response. Hourly DBU aggregation reads
 `endpoint_usage`; the schema is created by the control plane's Alembic migrations, which
-target `LedgerBase.metadata` alongside the control plane's own."""
+target `billing.db.BillingBase.metadata` alongside the control plane's own."""
 
-from billing.ledger.models import EndpointUsage, InferenceLog, LedgerBase
+from billing.ledger.models import EndpointUsage, InferenceLog
 from billing.ledger.rows import TRUNCATION_MARKER, InferencePayload, UsageRow, cap_text
 from billing.ledger.writer import LedgerClosedError, LedgerWriteError, UsageLedger
 
@@ -14,7 +14,6 @@ __all__ = [
     "EndpointUsage",
     "InferenceLog",
     "InferencePayload",
-    "LedgerBase",
     "LedgerClosedError",
     "LedgerWriteError",
     "UsageLedger",

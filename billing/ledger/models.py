@@ -8,12 +8,11 @@ the control plane's Alembic environment targets both metadatas.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, Index, Integer, MetaData, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
 
-from billing.sqltypes import NAMING, UtcDateTime
+from billing.db import BillingBase
 
 # Column widths, shared with the row validation in `billing.ledger.rows` so that a row that
 # would not fit is rejected for its own request instead of failing a whole batch.
@@ -24,17 +23,7 @@ ENDPOINT_NAME_LENGTH = 63
 NAME_LENGTH = 255  # principal names, served entity names
 
 
-class LedgerBase(DeclarativeBase):
-    """Declarative base of the billing tables (a metadata of their own)."""
-
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: UtcDateTime(),
-        dict[str, str]: JSON,
-    }
-
-
-class EndpointUsage(LedgerBase):
+class EndpointUsage(BillingBase):
     """One row per served request, written once when the request completes (or fails).
 
     `databricks_request_id` is the server-chosen request id and the idempotency key: writing
@@ -64,7 +53,7 @@ class EndpointUsage(LedgerBase):
     )
 
 
-class InferenceLog(LedgerBase):
+class InferenceLog(BillingBase):
     """The request and response text of a request, each capped to a configured number of
     UTF-8 bytes by the writer; the `*_truncated` flags say whether the cap cut it."""
 

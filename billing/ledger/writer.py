@@ -21,7 +21,8 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from billing.ledger.models import EndpointUsage, InferenceLog, LedgerBase
+from billing.db import BillingBase
+from billing.ledger.models import EndpointUsage, InferenceLog
 from billing.ledger.rows import (
     TRUNCATION_MARKER_BYTES,
     InferencePayload,
@@ -193,7 +194,7 @@ class UsageLedger:
 
 def _insert_ignoring_duplicates(engine: Engine, table_name: str) -> Insert:
     """INSERT that skips rows whose primary key (the request id) is already stored."""
-    table = LedgerBase.metadata.tables[table_name]
+    table = BillingBase.metadata.tables[table_name]
     dialect = engine.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(

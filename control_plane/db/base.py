@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar
 from sqlalchemy import JSON, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 
-from billing.sqltypes import NAMING, UtcDateTime
+from billing.db import NAMING, UtcDateTime
 
 __all__ = ["NAMING", "Base", "UtcDateTime"]
 

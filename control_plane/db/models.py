@@ -133,30 +133,3 @@ class EndpointPermission(Base):
         ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
     )
     level: Mapped[str] = mapped_column(String(16))  # CAN_MANAGE | CAN_QUERY | CAN_VIEW
-
-
-class CapacityInterval(Base):
-    """The capacity timeline: one row per period during which a served entity held a given
-    capacity. A change closes the open row (`ended_at`) and opens a new one; rows are never
-    edited otherwise. Provisioned-throughput billing integrates it. Kept after the endpoint
-    is deleted (no foreign key), so its history stays billable."""
-
-    __tablename__ = "capacity_timeline"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    endpoint_id: Mapped[str] = mapped_column(String(32), index=True)
-    account_id: Mapped[str] = mapped_column(String(32))
-    workspace_id: Mapped[str | None] = mapped_column(String(32))
-    endpoint_name: Mapped[str] = mapped_column(String(63))
-    served_entity_name: Mapped[Name]
-    entity_name: Mapped[Name]
-    entity_version: Mapped[str] = mapped_column(String(64))
-    workload_type: Mapped[str] = mapped_column(String(32))
-    workload_size: Mapped[str | None] = mapped_column(String(16))
-    min_replicas: Mapped[int] = mapped_column(Integer)
-    max_replicas: Mapped[int] = mapped_column(Integer)
-    gpus_per_replica: Mapped[int] = mapped_column(Integer)
-    provisioned_chunks: Mapped[int] = mapped_column(Integer, default=0)
-    scale_to_zero_enabled: Mapped[bool] = mapped_column(Boolean)
-    started_at: Mapped[Timestamp]
-    ended_at: Mapped[datetime | None]

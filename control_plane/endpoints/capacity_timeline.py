@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import CapacityInterval, Endpoint
+from billing.capacity import CapacityInterval
+from control_plane.db.models import Endpoint
 from deploy.workload_types import workload_type
 
 _CAPACITY_FIELDS = (

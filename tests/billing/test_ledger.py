@@ -19,12 +19,12 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
+from billing.db import BillingBase
 from billing.ledger import (
     TRUNCATION_MARKER,
     EndpointUsage,
     InferenceLog,
     InferencePayload,
-    LedgerBase,
     LedgerClosedError,
     LedgerWriteError,
     UsageLedger,
@@ -35,8 +35,8 @@ from control_plane.db import build_engine, upgrade
 from control_plane.db.migrate import alembic_config
 from tests.control_plane.conftest import _postgres_database
 
-USAGE_TABLE = LedgerBase.metadata.tables[EndpointUsage.__tablename__]
-INFERENCE_TABLE = LedgerBase.metadata.tables[InferenceLog.__tablename__]
+USAGE_TABLE = BillingBase.metadata.tables[EndpointUsage.__tablename__]
+INFERENCE_TABLE = BillingBase.metadata.tables[InferenceLog.__tablename__]
 REQUEST_TIME = datetime(2026, 11, 27, 10, 30, 15, 123456, tzinfo=UTC)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from control_plane.db.models import CapacityInterval
+from billing.capacity import CapacityInterval
 from tests.control_plane.conftest import LiveServer, wait_for
 
 BASE = "/api/2.0/serving-endpoints"

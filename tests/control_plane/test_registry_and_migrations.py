@@ -9,7 +9,7 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from billing.ledger import LedgerBase
+from billing.schema import METADATA as BILLING_METADATA
 from control_plane.db import build_engine, upgrade
 from control_plane.db.models import Base
 from tests.control_plane.conftest import LiveServer
@@ -29,7 +29,7 @@ def test_migrations_create_exactly_the_models_schema_and_rerun_cleanly(database_
         upgrade(engine)  # a second start finds nothing to do
         with engine.connect() as connection:
             # Alembic compares against a sequence of metadatas, as env.py's target_metadata.
-            schema = [Base.metadata, LedgerBase.metadata]
+            schema = [Base.metadata, BILLING_METADATA]
             context = MigrationContext.configure(connection)
             differences = compare_metadata(context, schema)  # type: ignore[arg-type]
         assert differences == []

@@ -1,12 +1,17 @@
-"""Column types and naming shared by every table of moeserve: billing's own and (reused
-from here, since `billing` never imports `control_plane`) the control plane's."""
+"""The billing tables' declarative base (`BillingBase`, a metadata of its own) and the
+column types and naming every table of moeserve shares — billing's and, reused from here
+since `billing` never imports `control_plane`, the control plane's. The control plane's
+Alembic environment targets both metadatas."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar
 
-from sqlalchemy import DateTime
+from sqlalchemy import JSON, DateTime, MetaData, Numeric
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Fixed constraint names, so migrations are identical on SQLite and PostgreSQL.
@@ -36,3 +41,20 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# DBUs keep every digit a rate card can produce (3-decimal rates / 10^6 need 9 places;
+# prorated seconds need more): never rounded. Money is rounded once, at invoice lines.
+DBU_TYPE = Numeric(38, 18)
+Dbu = Annotated[Decimal, mapped_column(DBU_TYPE)]
+
+
+class BillingBase(DeclarativeBase):
+    """Declarative base of the billing tables."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        dict[str, str]: JSON,
+        dict[str, Any]: JSON,
+    }

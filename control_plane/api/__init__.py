@@ -18,6 +18,7 @@ def routers() -> list[APIRouter]:
         tokens,
         workspaces,
     )
+    from control_plane.billing_api import usage as billing_usage
     from control_plane.gateway import router as gateway
 
     # endpoint_details first: its fixed paths must win over `/{name}` patterns.
@@ -29,6 +30,7 @@ def routers() -> list[APIRouter]:
         tokens.router,
         models.router,
         gateway.router,
+        billing_usage.router,
         discovery.router,
         prometheus.router,
     ]

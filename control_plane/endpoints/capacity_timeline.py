@@ -2,7 +2,8 @@
 
 `record_capacity` is called when a config goes live: for every served entity whose
 capacity differs from its open interval, the open one is closed and a new one opened.
-`close_intervals` ends them all (endpoint deleted). Billing integrates these intervals.
+`close_intervals` ends them all (endpoint deleted); `record_parking` follows scale-to-zero
+entities parking and waking. Billing integrates these intervals.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from billing.capacity import CapacityInterval
 from control_plane.db.models import Endpoint
+from deploy.providers.base import AppPhase, AppStatus
 from deploy.workload_types import workload_type
 
 _CAPACITY_FIELDS = (
@@ -85,3 +87,42 @@ def close_intervals(session: Session, endpoint_id: str, now: datetime) -> None:
         .where(CapacityInterval.endpoint_id == endpoint_id, CapacityInterval.ended_at.is_(None))
         .values(ended_at=now)
     )
+
+
+def record_parking(
+    session: Session, endpoint: Endpoint, apps: dict[str, AppStatus], now: datetime
+) -> None:
+    """Scale-to-zero entities: when a running app is seen with no replicas, its open interval
+    closes and a `parked` one opens (billed nothing); when a parked one has replicas again,
+    an interval flagged `woke_from_zero` opens (billed one LAUNCH record). Apps deploying,
+    failing or not listed change nothing."""
+    if endpoint.config is None:
+        return
+    scalable = {
+        e["name"]: e["app_name"]
+        for e in endpoint.config["served_entities"]
+        if e["scale_to_zero_enabled"]
+    }
+    for interval in open_intervals(session, endpoint.id) if scalable else []:
+        app = scalable.get(interval.served_entity_name)
+        status = apps.get(app) if app else None
+        if status is None or status.phase != AppPhase.RUNNING:
+            continue
+        parked = status.running_replicas == 0
+        if parked == interval.parked:
+            continue
+        interval.ended_at = now
+        session.add(
+            CapacityInterval(
+                endpoint_id=interval.endpoint_id,
+                account_id=interval.account_id,
+                workspace_id=interval.workspace_id,
+                endpoint_name=interval.endpoint_name,
+                served_entity_name=interval.served_entity_name,
+                started_at=now,
+                ended_at=None,
+                parked=parked,
+                woke_from_zero=not parked,
+                **{field: getattr(interval, field) for field in _CAPACITY_FIELDS},
+            )
+        )

@@ -89,7 +89,7 @@ class Accepted:
             served_entity_id=self.entity,
             endpoint_name=self.target.endpoint_name,
             endpoint_id=self.target.endpoint_id,
-            workspace_id=self.target.workspace_id,
+            workspace_id=caller.workspace_id,  # the tenant billed (shared endpoints have none)
             account_id=caller.account_id,
             input_token_count=self.usage.prompt_tokens,
             output_token_count=self.usage.completion_tokens,

@@ -25,7 +25,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.capacity import APP_PREFIX, endpoint_id_of_app, worker_config
-from control_plane.endpoints.capacity_timeline import record_capacity
+from control_plane.endpoints.capacity_timeline import record_capacity, record_parking
 from control_plane.ids import to_millis, utcnow
 from control_plane.reconciler.plan import EndpointSnapshot, Plan, plan_endpoint
 from control_plane.settings import Settings
@@ -131,6 +131,7 @@ class Reconciler:
             )
             self._act(plan)
             _apply(session, endpoint, plan)
+            record_parking(session, endpoint, apps, now)
             session.commit()
 
     def _act(self, plan: Plan) -> None:

@@ -79,6 +79,7 @@ def test_openai_chat_usage_equals_engine_counts(server: LiveServer, cl100k: Any)
     assert row["status_code"] == 200 and row["client_request_id"] == "c-1"
     assert not row["request_streaming"]
     assert row["served_entity_id"] == "dbrx-tiny-1" and row["requester"] == "admin"
+    assert row["workspace_id"] is not None  # the caller's workspace is billed
 
 
 def test_openai_completions_and_n_choices(server: LiveServer, cl100k: Any) -> None:

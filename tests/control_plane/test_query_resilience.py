@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from billing.capacity import CapacityInterval
 from control_plane.settings import GatewaySettings, WorkerDefaults
 from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer, wait_for
 from tests.control_plane.query_fixtures import create_endpoint, instant_ray_server, usage_rows
@@ -157,6 +159,19 @@ def test_scale_from_zero_wakes_with_a_bounded_wait(server: LiveServer) -> None:
     assert (
         f'moeserve_scale_from_zero_wakes_total{{endpoint="{name}",served_entity="lazy"}}' in metrics
     )
+
+    def timeline() -> list[tuple[bool, bool]]:
+        with server.plane.sessions() as session:
+            rows = session.scalars(
+                select(CapacityInterval)
+                .where(CapacityInterval.endpoint_id == created["id"])
+                .order_by(CapacityInterval.id)
+            ).all()
+            return [(row.parked, row.woke_from_zero) for row in rows]
+
+    # Running, then parked (billed nothing), then woken (one LAUNCH record): for billing.
+    expected = [(False, False), (True, False), (False, True)]
+    wait_for(lambda: timeline()[:3] == expected, timeout=10, what="the park and wake recorded")
 
 
 def _answered(http: httpx.Client, name: str) -> httpx.Response | None:

@@ -6,13 +6,13 @@ Alembic environment targets both metadatas."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, MetaData, Numeric
+from sqlalchemy import JSON, DateTime, MetaData, Numeric, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 # Fixed constraint names, so migrations are identical on SQLite and PostgreSQL.
 NAMING = {
@@ -43,10 +43,42 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class ExactNumeric(TypeDecorator[Decimal]):
+    """`Numeric(precision, scale)` on PostgreSQL; decimal text on SQLite, whose NUMERIC
+    columns hold floats (a REAL keeps ~16 significant digits, so 1234.567891234 would read
+    back as 1234.567891234000012...). Values are rounded half-even to `scale` places on the
+    way in on both backends, so a value reads back identically everywhere. Sum such columns
+    in Python, not SQL, on SQLite."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        super().__init__(precision, scale)
+        self.precision = precision
+        self.scale = scale
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(self.precision + 10))
+        return dialect.type_descriptor(Numeric(self.precision, self.scale))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = Decimal(value).quantize(Decimal(1).scaleb(-self.scale), rounding=ROUND_HALF_EVEN)
+        return str(exact) if dialect.name == "sqlite" else exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
 # DBUs keep every digit a rate card can produce (3-decimal rates / 10^6 need 9 places;
 # prorated seconds need more): never rounded. Money is rounded once, at invoice lines.
-DBU_TYPE = Numeric(38, 18)
-Dbu = Annotated[Decimal, mapped_column(DBU_TYPE)]
+DBU_SCALE = 18
+Dbu = Annotated[Decimal, mapped_column(ExactNumeric(38, DBU_SCALE))]
+Money = Annotated[Decimal, mapped_column(ExactNumeric(20, 2))]
+DollarsPerDbu = Annotated[Decimal, mapped_column(ExactNumeric(20, 6))]
 
 
 class BillingBase(DeclarativeBase):

@@ -6,7 +6,10 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 import billing.capacity
-import billing.ledger.models  # noqa: F401  (endpoint_usage, inference_log)
+import billing.invoicing.models
+import billing.ledger.models
+import billing.records
+import billing.stripe_gateway.models  # noqa: F401  (all imported for their tables)
 from billing.db import BillingBase
 
 METADATA: MetaData = BillingBase.metadata

@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError
 
+from billing.ratecard import load_rate_cards
 from control_plane.api import routers
+from control_plane.billing_api.runtime import billing_loop
 from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import install_error_handlers
@@ -43,6 +45,12 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
         plane.gateway = await Gateway.start(
             settings, plane.engine, plane.sessions, plane.provider, lambda: plane.reconciler.apps
         )
+        if settings.billing.run_metering:
+            plane.tasks.append(
+                asyncio.create_task(
+                    billing_loop(settings, plane.rate_cards, plane.sessions), name="billing"
+                )
+            )
         if settings.run_reconciler:
             plane.tasks.append(asyncio.create_task(plane.reconciler.run(), name="reconciler"))
         try:
@@ -71,6 +79,7 @@ def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlan
     engine = build_engine(settings.resolved_database_url())
     log.info("applying database migrations")
     upgrade(engine)
+    rate_cards = load_rate_cards(settings.billing.rate_card_dir)
     provider = provider_factory(settings)
     log.info("connecting to Ray (%s)", settings.ray_address or "local")
     provider.start()
@@ -81,11 +90,14 @@ def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlan
         sessions=sessions,
         provider=provider,
         reconciler=Reconciler(sessions, provider, settings),
+        rate_cards=rate_cards,
     )
     for attempt in range(2):  # two processes bootstrapping one database: the loser re-reads
         with sessions() as session:
             try:
-                plane.generated_admin_token = bootstrap(session, settings, plane.check_capacity)
+                plane.generated_admin_token = bootstrap(
+                    session, settings, plane.check_capacity, plane.chunk_size
+                )
                 session.commit()
                 break
             except IntegrityError:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.auth.tokens import digest, issue_token
 from control_plane.db.models import Account, Endpoint, Principal, Token, Workspace
+from control_plane.endpoints.capacity import ChunkSize
 from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
 from control_plane.endpoints.service import new_endpoint
 from control_plane.endpoints.validation import CapacityCheck, check_endpoint_name, normalize_config
@@ -20,7 +21,9 @@ from control_plane.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def bootstrap(session: Session, settings: Settings, check_capacity: CapacityCheck) -> str | None:
+def bootstrap(
+    session: Session, settings: Settings, check_capacity: CapacityCheck, chunk_size: ChunkSize
+) -> str | None:
     """Returns the admin token when it was generated here (to be shown once), else None.
     The caller commits."""
     generated = None
@@ -41,7 +44,7 @@ def bootstrap(session: Session, settings: Settings, check_capacity: CapacityChec
         value = settings.admin_token.get_secret_value()
         if session.scalars(select(Token).where(Token.token_hash == digest(value))).first() is None:
             issue_token(session, admin, comment="MOESERVE_ADMIN_TOKEN", value=value)
-    _ensure_shared_endpoints(session, settings, account, admin, check_capacity)
+    _ensure_shared_endpoints(session, settings, account, admin, check_capacity, chunk_size)
     return generated
 
 
@@ -73,6 +76,7 @@ def _ensure_shared_endpoints(
     account: Account,
     admin: Principal,
     check_capacity: CapacityCheck,
+    chunk_size: ChunkSize,
 ) -> None:
     for shared in settings.shared_endpoints:
         check_endpoint_name(shared.name, shared=True)
@@ -101,6 +105,7 @@ def _ensure_shared_endpoints(
             now_ms=to_millis(now) or 0,
             resolve_model=lambda name, version: resolve(session, None, name, version),
             check_capacity=check_capacity,
+            chunk_size=chunk_size,
             defaults=settings.workers,
         )
         session.add(

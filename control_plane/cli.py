@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from control_plane.billing_cli import add_billing_commands, run_billing
 from control_plane.process_env import prefer_same_loop_routing
 from control_plane.settings import Settings
 
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--db", help="database URL (default: SQLite in the data dir)")
     run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
     run.add_argument("--data-dir", type=Path, help="SQLite file and logs (default .moeserve)")
+    add_billing_commands(commands)
     return parser
 
 
@@ -37,10 +39,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         key: value
         for key, value in {
-            "host": args.host,
-            "port": args.port,
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
             "database_url": args.db,
-            "ray_address": args.ray_address,
+            "ray_address": getattr(args, "ray_address", None),
             "data_dir": args.data_dir,
         }.items()
         if value is not None
@@ -51,11 +53,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     prefer_same_loop_routing()  # before anything imports ray.serve
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(  # the server narrates; one-shot jobs print their own result
+        level=logging.INFO if args.command == "run" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "run":
         return run(settings_from(args))
+    if args.command == "billing":
+        return run_billing(args, settings_from(args))
     return 2
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHARED_PREFIX = "databricks-"
+DEFAULT_REGIONS = {"local": "local", "aws": "us-east-1", "gcp": "us-central1", "azure": "eastus"}
 
 
 class SharedEndpoint(BaseModel):
@@ -101,6 +102,37 @@ class GatewaySettings(BaseModel):
     )
 
 
+class BillingSettings(BaseModel):
+    """Where this installation runs (prices differ by cloud, region and tier), the rate
+    cards, how often usage is metered, and Stripe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    region: str | None = Field(
+        default=None,
+        description="the cloud region this installation bills in (its SKUs and $/DBU); "
+        "default: local, us-east-1, us-central1 or eastus for the cloud",
+    )
+    tier: Literal["PREMIUM", "ENTERPRISE"] = "PREMIUM"
+    rate_card_dir: Path | None = Field(
+        default=None, description="versioned rate-card TOML files; default: the packaged ones"
+    )
+    metering_interval_s: float = Field(
+        default=60, gt=0, description="how often usage rows and capacity become hourly records"
+    )
+    run_metering: bool = Field(default=True, description="meter in this process")
+    stripe_api_key: SecretStr | None = Field(default=None, description="off when unset")
+    stripe_api_base: str | None = Field(
+        default=None, description="another Stripe API address (tests, proxies)"
+    )
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_delivery: Literal["meter_events", "invoices"] = Field(
+        default="invoices",
+        description="meter_events: one Stripe meter event per hourly record; invoices: "
+        "invoice items and an invoice at period close",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOESERVE_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -163,6 +195,7 @@ class Settings(BaseSettings):
         "limits; default: in-process counters (one process)",
     )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
 
     @model_validator(mode="after")
     def _grace_outlives_cached_routes(self) -> Settings:
@@ -173,6 +206,24 @@ class Settings(BaseSettings):
                 "from a cached config must still find the old apps"
             )
         return self
+
+    @model_validator(mode="after")
+    def _region_of_the_cloud(self) -> Settings:
+        from billing.skus import UnknownRegion, region
+
+        try:
+            found = region(self.billing_region())
+        except UnknownRegion as exc:
+            raise ValueError(f"billing.region: {exc}") from None
+        if found.cloud != self.cloud:
+            raise ValueError(
+                f"billing.region {self.billing_region()!r} is a {found.cloud} region; "
+                f"this installation's cloud is {self.cloud!r}"
+            )
+        return self
+
+    def billing_region(self) -> str:
+        return self.billing.region or DEFAULT_REGIONS[self.cloud]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.ratecard import RateCards
 from control_plane.gateway.runtime import Gateway
+from control_plane.ids import utcnow
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from deploy.providers.base import Provider
@@ -22,9 +24,15 @@ class ControlPlane:
     sessions: sessionmaker[Session]
     provider: Provider
     reconciler: Reconciler
+    rate_cards: RateCards
     generated_admin_token: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     gateway: Gateway | None = None  # the query path; started in the app's lifespan
 
     def check_capacity(self, worker: Any) -> None:
         self.provider.check_supported(worker)
+
+    def chunk_size(self, family: str, name: str, version: str) -> int:
+        """Tokens/s one provisioned-throughput chunk buys, from the rate card in force now
+        (`billing/ratecards/`: derived per model from a replica's measured throughput)."""
+        return self.rate_cards.at(utcnow()).throughput(family, name, version).chunk_size

@@ -18,6 +18,9 @@ def routers() -> list[APIRouter]:
         tokens,
         workspaces,
     )
+    from control_plane.billing_api import estimate as billing_estimate
+    from control_plane.billing_api import invoices as billing_invoices
+    from control_plane.billing_api import records as billing_records
     from control_plane.billing_api import usage as billing_usage
     from control_plane.gateway import router as gateway
 
@@ -31,6 +34,9 @@ def routers() -> list[APIRouter]:
         models.router,
         gateway.router,
         billing_usage.router,
+        billing_records.router,
+        billing_invoices.router,
+        billing_estimate.router,
         discovery.router,
         prometheus.router,
     ]

@@ -40,7 +40,9 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def get_endpoints(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> EndpointService:
-    return EndpointService(session, caller, plane.settings.workers, plane.check_capacity)
+    return EndpointService(
+        session, caller, plane.settings.workers, plane.check_capacity, plane.chunk_size
+    )
 
 
 EndpointsDep = Annotated[EndpointService, Depends(get_endpoints)]

@@ -9,7 +9,6 @@ from fastapi.responses import PlainTextResponse
 
 from control_plane.api.deps import CallerDep, EndpointsDep, PlaneDep, SessionDep
 from control_plane.auth import Level
-from control_plane.endpoints.capacity import throughput_chunk_size
 from control_plane.endpoints.metrics import endpoint_metrics
 from control_plane.endpoints.openapi import query_openapi
 from control_plane.errors import NotFound
@@ -21,12 +20,13 @@ Json = dict[str, Any]
 
 @router.get("/get-model-optimization-info/{model}/{version}", response_model=Json)
 def model_optimization_info(
-    model: str, version: str, session: SessionDep, caller: CallerDep
+    model: str, version: str, session: SessionDep, caller: CallerDep, plane: PlaneDep
 ) -> Json:
+    """The throughput chunk size comes from the rate card in force (`billing/ratecards/`)."""
     resolved = resolve(session, caller.workspace_id, model, version)
     return {
         "optimizable": True,
-        "throughput_chunk_size": throughput_chunk_size(resolved.family),
+        "throughput_chunk_size": plane.chunk_size(resolved.family, resolved.name, resolved.version),
         "model_type": resolved.family,
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from control_plane.settings import WorkerDefaults
@@ -17,16 +18,12 @@ from workers.serve import AutoscalingSettings, WorkerAppConfig
 # Concurrent requests each workload size promises (the upper end of Databricks' ranges).
 WORKLOAD_CONCURRENCY = {"Small": 4, "Medium": 16, "Large": 64}
 
-# Tokens/s one provisioned-throughput chunk buys. A single constant until the billing
-# rate card (which derives it per model from a replica's measured throughput) lands.
-DEFAULT_THROUGHPUT_CHUNK_SIZE = 100
-
 APP_PREFIX = "ms-"
 
 
-def throughput_chunk_size(model_family: str) -> int:
-    del model_family  # one constant for every family until the rate card lands
-    return DEFAULT_THROUGHPUT_CHUNK_SIZE
+# Tokens/s one provisioned-throughput chunk of a model buys: (family, name, version) -> size.
+# The control plane answers from the rate card in force (`ControlPlane.chunk_size`).
+ChunkSize = Callable[[str, str, str], int]
 
 
 def replicas_for_size(size: str, defaults: WorkerDefaults) -> int:

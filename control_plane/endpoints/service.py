@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.auth import Caller, Level, level_of, require
 from control_plane.db.models import Endpoint, EndpointPermission
+from control_plane.endpoints.capacity import ChunkSize
 from control_plane.endpoints.capacity_timeline import close_intervals
 from control_plane.endpoints.schemas import (
     AiGatewayInput,
@@ -44,6 +45,7 @@ class EndpointService:
     caller: Caller
     defaults: WorkerDefaults
     check_capacity: CapacityCheck
+    chunk_size: ChunkSize
 
     # -- lookups -------------------------------------------------------------------------
     def visible_query(self) -> Any:
@@ -171,6 +173,7 @@ class EndpointService:
             now_ms=to_millis(utcnow()) or 0,
             resolve_model=lambda name, version: resolve(self.session, workspace_id, name, version),
             check_capacity=self.check_capacity,
+            chunk_size=self.chunk_size,
             defaults=self.defaults,
         )
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from control_plane.endpoints.capacity import (
+    ChunkSize,
     app_name,
     replicas_for_size,
-    throughput_chunk_size,
     worker_config,
 )
 from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
@@ -52,6 +52,7 @@ def normalize_config(
     resolve_model: ModelResolver,
     check_capacity: CapacityCheck,
     defaults: WorkerDefaults,
+    chunk_size: ChunkSize,
 ) -> dict[str, Any]:
     if config is None:
         raise InvalidParameter("config is required: give config.served_entities")
@@ -63,7 +64,7 @@ def normalize_config(
             f"an endpoint serves at most {MAX_SERVED_ENTITIES} entities; got {len(entities)}"
         )
     served = [
-        _normalize_entity(e, creator, now_ms, resolve_model, check_capacity, defaults)
+        _normalize_entity(e, creator, now_ms, resolve_model, check_capacity, defaults, chunk_size)
         for e in entities
     ]
     names = [e["name"] for e in served]
@@ -90,6 +91,7 @@ def _normalize_entity(
     resolve_model: ModelResolver,
     check_capacity: CapacityCheck,
     defaults: WorkerDefaults,
+    chunk_size: ChunkSize,
 ) -> dict[str, Any]:
     model = resolve_model(entity.entity_name, entity.entity_version or "1")
     name = entity.name or f"{model.name}-{model.version}"
@@ -115,7 +117,7 @@ def _normalize_entity(
         "model_family": model.family,
         "model_source": model.source.model_dump(),
     }
-    normalized.update(_capacity(name, entity, model, defaults))
+    normalized.update(_capacity(name, entity, model, defaults, chunk_size))
     try:
         check_capacity(worker_config(normalized, defaults))
     except ValueError as exc:
@@ -124,7 +126,11 @@ def _normalize_entity(
 
 
 def _capacity(
-    name: str, entity: ServedEntityInput, model: ResolvedModel, defaults: WorkerDefaults
+    name: str,
+    entity: ServedEntityInput,
+    model: ResolvedModel,
+    defaults: WorkerDefaults,
+    chunk_size: ChunkSize,
 ) -> dict[str, Any]:
     low, high = entity.min_provisioned_throughput, entity.max_provisioned_throughput
     provisioned = bool(low or high)
@@ -144,7 +150,7 @@ def _capacity(
             "min_replicas": 0 if entity.scale_to_zero_enabled else replicas,
             "max_replicas": replicas,
         }
-    chunk = throughput_chunk_size(model.family)
+    chunk = chunk_size(model.family, model.name, model.version)
     low, high = low or 0, high or low or 0
     for label, value in (("min", low), ("max", high)):
         if value % chunk:

@@ -53,9 +53,17 @@ def _resolve(
     session: Session, authorization: str | None, name: str, defaults: WorkerDefaults
 ) -> QueryTarget:
     caller = authenticate(session, authorization)
-    service = EndpointService(session, caller, defaults, lambda worker: None)
+    service = EndpointService(session, caller, defaults, _no_check, _no_chunks)
     endpoint, _ = service.by_name(name, Level.CAN_QUERY)
     return target_of(session, caller, endpoint)
+
+
+def _no_check(worker: object) -> None:
+    raise AssertionError("the query path reads endpoints; it never validates configs")
+
+
+def _no_chunks(family: str, name: str, version: str) -> int:
+    raise AssertionError("the query path reads endpoints; it never sizes capacity")
 
 
 def target_of(session: Session, caller: Caller, endpoint: Endpoint) -> QueryTarget:

@@ -6,10 +6,17 @@ import asyncio
 import csv
 import io
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
 
 from billing.ledger import UsageLedger, UsageRow
 from control_plane.db.models import Workspace
-from tests.control_plane.conftest import LiveServer
+from control_plane.settings import BillingSettings
+from tests.billing.test_stripe_webhooks import signed
+from tests.control_plane.conftest import LiveServer, live_server, make_settings
+from tests.control_plane.fake_provider import InstantProvider
 from tests.control_plane.test_tenancy import default_workspace, new_user, new_workspace
 
 BASE = "/api/2.0/billing"
@@ -87,3 +94,22 @@ def test_endpoint_usage_is_scoped_ranged_and_exports_csv(instant_server: LiveSer
     plain_user = new_user(instant_server, home, "analyst")
     with instant_server.client(plain_user) as analyst:
         assert analyst.get(f"{BASE}/endpoint-usage").status_code == 403
+
+
+def test_stripe_webhook_route_verifies_signatures(database_url: str, tmp_path: Any) -> None:
+    """Stripe signs its webhook (no bearer token): a good signature is recorded once, a bad
+    one is a 400, and without a configured secret the route says so."""
+    secret = "whsec_route_test"
+    settings = make_settings(
+        database_url, tmp_path, billing=BillingSettings(stripe_webhook_secret=SecretStr(secret))
+    )
+    with live_server(settings, InstantProvider()) as server:
+        payload, header = signed("evt_route", "invoice.paid", secret=secret)
+        route = f"{server.url}{BASE}/stripe/webhook"
+        first = httpx.post(route, content=payload, headers={"Stripe-Signature": header})
+        again = httpx.post(route, content=payload, headers={"Stripe-Signature": header})
+        assert (first.json(), again.json()) == ({"result": "recorded"}, {"result": "duplicate"})
+        forged = httpx.post(
+            route, content=payload.replace(b"paid", b"void"), headers={"Stripe-Signature": header}
+        )
+        assert forged.status_code == 400 and "signature" in forged.json()["message"]

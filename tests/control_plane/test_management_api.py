@@ -102,16 +102,16 @@ INVALID: list[tuple[dict[str, Any], str]] = [
                 {
                     "entity_name": "dbrx-tiny",
                     "entity_version": "1",
-                    "max_provisioned_throughput": 150,
+                    "max_provisioned_throughput": 3000,
                 }
             ],
         },
-        "multiple of the model's throughput chunk size 100",
+        "multiple of the model's throughput chunk size 2900",  # the rate card's dbrx-tiny
     ),
     (
         {
             "name": "x",
-            "entities": [served(max_provisioned_throughput=100)],
+            "entities": [served(max_provisioned_throughput=2900)],
         },
         "not both",
     ),
@@ -217,7 +217,8 @@ def test_read_only_extras_describe_the_endpoint(instant_server: LiveServer) -> N
     assert "DEPLOYMENT_READY" in build and "preset dbrx-tiny" in build
     assert error(client.get(f"{BASE}/x/served-models/nope/logs"), 404)
     info = client.get(f"{BASE}/get-model-optimization-info/dbrx-tiny/1").json()
-    assert info == {"optimizable": True, "throughput_chunk_size": 100, "model_type": "dbrx"}
+    # From the rate card (billing/ratecards/): dbrx-tiny's measured replica throughput.
+    assert info == {"optimizable": True, "throughput_chunk_size": 2900, "model_type": "dbrx"}
 
 
 def test_failed_deployment_marks_update_failed_with_the_cause(

@@ -1,0 +1,141 @@
+"""`GET /api/2.0/billing/estimate?endpoint_name=&start_time=&end_time=`: an endpoint's
+actual cost over a window and what the same traffic would have cost in the other pricing
+mode, with the break-even sustained tokens/s (`billing.estimate`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import func, or_, select
+
+from billing.estimate import HourTokens, compare_modes
+from billing.ledger import EndpointUsage
+from billing.metering import UsageFilters, live_records
+from billing.metering.hours import sql_hour
+from billing.pricing import line_amount
+from billing.records import UsageRecord
+from billing.skus import region_class
+from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
+from control_plane.billing_api.listing import billing_scope, plain, time_range
+from control_plane.billing_api.runtime import metering_context
+from control_plane.db.models import Endpoint
+from control_plane.errors import InvalidParameter, NotFound
+from control_plane.ids import utcnow
+
+router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
+
+
+@router.get("/estimate")
+def estimate(
+    session: SessionDep,
+    caller: CallerDep,
+    plane: PlaneDep,
+    endpoint_name: str,
+    start_time: str,
+    end_time: str,
+    workspace_id: str | None = None,
+) -> dict[str, Any]:
+    scope = billing_scope(caller, workspace_id)
+    start, end = time_range(start_time, end_time)
+    if start is None or end is None:
+        raise InvalidParameter("give start_time and end_time (ISO 8601)")
+    query = select(Endpoint).where(
+        Endpoint.account_id == scope.account_id, Endpoint.name == endpoint_name
+    )
+    if scope.workspace_id is not None:  # its own endpoints and the shared ones
+        query = query.where(
+            or_(Endpoint.workspace_id == scope.workspace_id, Endpoint.workspace_id.is_(None))
+        )
+    endpoint = session.scalars(query).first()
+    if endpoint is None or endpoint.config is None:
+        raise NotFound(f"endpoint {endpoint_name!r} does not exist or has no live config")
+    context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
+    card = plane.rate_cards.at(start)
+    entity = endpoint.config["served_entities"][0]  # the priced model: the first entity's
+    family = context.family_of(entity["entity_name"], entity["entity_version"])
+    throughput = card.throughput(family, entity["entity_name"], entity["entity_version"])
+    comparison = compare_modes(
+        _hourly_tokens(session, scope, endpoint_name, start, end),
+        int((end - start).total_seconds()),
+        card.token_rates(family),
+        throughput,
+    )
+    filters = UsageFilters(start, end, endpoint_name, _workspaces(scope))
+    records = [r for r in _stored(session, scope, start, end) if filters.accepts(r)]
+    records += live_records(session, context, utcnow(), filters)
+    actual = sum((r.usage_quantity for r in records), Decimal(0))
+    provisioned = any(r.usage_type == "COMPUTE_TIME" for r in records)
+    price = card.dollars_per_dbu(
+        plane.settings.cloud,
+        region_class(plane.settings.billing_region()),
+        plane.settings.billing.tier,
+    )
+    other_dbu = comparison.pay_per_token_dbu if provisioned else comparison.provisioned_dbu
+
+    def cost(dbu: Decimal) -> dict[str, Any]:
+        return {"dbu": dbu, "dollars": line_amount(dbu, price)}
+
+    return plain(
+        {
+            "endpoint_name": endpoint_name,
+            "start_time": start,
+            "end_time": end,
+            "actual": {
+                "mode": "provisioned_throughput" if provisioned else "pay_per_token",
+                **cost(actual),
+            },
+            "alternative": {
+                "mode": "pay_per_token" if provisioned else "provisioned_throughput",
+                "provisioned_chunks": comparison.provisioned_chunks,
+                "throughput_chunk_size": throughput.chunk_size,
+                **cost(other_dbu),
+            },
+            "break_even_tokens_per_s": comparison.break_even_tokens_per_s,
+            "traffic": {
+                "input_tokens": comparison.input_tokens,
+                "output_tokens": comparison.output_tokens,
+                "peak_tokens_per_s": comparison.peak_tokens_per_s,
+                "output_share": comparison.output_share,
+            },
+            "dollars_per_dbu": price,
+        }
+    )
+
+
+def _workspaces(scope: Any) -> list[str | None] | None:
+    return None if scope.workspace_id is None else [scope.workspace_id]
+
+
+def _hourly_tokens(
+    session: Any, scope: Any, endpoint_name: str, start: Any, end: Any
+) -> list[HourTokens]:
+    hour = sql_hour(EndpointUsage.request_time, session.get_bind().dialect.name)
+    rows = session.execute(
+        select(
+            hour,
+            func.sum(EndpointUsage.input_token_count),
+            func.sum(EndpointUsage.output_token_count),
+        )
+        .where(
+            *scope.clause(EndpointUsage.account_id, EndpointUsage.workspace_id),
+            EndpointUsage.endpoint_name == endpoint_name,
+            EndpointUsage.request_time >= start,
+            EndpointUsage.request_time < end,
+        )
+        .group_by(hour)
+    ).all()
+    return [HourTokens(int(i or 0), int(o or 0)) for _, i, o in rows]
+
+
+def _stored(session: Any, scope: Any, start: Any, end: Any) -> list[UsageRecord]:
+    return list(
+        session.scalars(
+            select(UsageRecord).where(
+                *scope.clause(UsageRecord.account_id, UsageRecord.workspace_id),
+                UsageRecord.usage_end_time > start,
+                UsageRecord.usage_start_time < end,
+            )
+        )
+    )

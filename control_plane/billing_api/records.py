@@ -1,0 +1,101 @@
+"""`GET /api/2.0/billing/usage` (hourly records: stored ones plus the live, not yet stored
+hours) and `GET /api/2.0/billing/list-prices`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from billing.metering import UsageFilters, live_records
+from billing.records import UsageRecord
+from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
+from control_plane.billing_api.listing import billing_scope, listing, time_range
+from control_plane.billing_api.runtime import metering_context
+from control_plane.ids import utcnow
+
+router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
+
+USAGE_COLUMNS = [
+    "record_id",
+    "account_id",
+    "workspace_id",
+    "sku_name",
+    "cloud",
+    "usage_start_time",
+    "usage_end_time",
+    "usage_date",
+    "custom_tags",
+    "usage_unit",
+    "usage_quantity",
+    "usage_metadata",
+    "identity_metadata",
+    "record_type",
+    "billing_origin_product",
+    "product_features",
+    "usage_type",
+]
+PRICE_COLUMNS = [
+    "sku_name",
+    "cloud",
+    "currency_code",
+    "usage_unit",
+    "price_start_time",
+    "price_end_time",
+    "pricing",
+]
+
+
+@router.get("/usage")
+def usage(
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    plane: PlaneDep,
+    start_time: str | None = None,
+    end_time: str | None = None,
+    endpoint_name: str | None = None,
+    workspace_id: str | None = None,
+) -> Response:
+    """Records overlapping [start_time, end_time): the stored (closed) hours and, computed
+    now, the hours the metering job has not stored yet — so a query shows up at once."""
+    scope = billing_scope(caller, workspace_id)
+    start, end = time_range(start_time, end_time)
+    query = select(UsageRecord).where(
+        *scope.clause(UsageRecord.account_id, UsageRecord.workspace_id)
+    )
+    if start is not None:
+        query = query.where(UsageRecord.usage_end_time > start)
+    if end is not None:
+        query = query.where(UsageRecord.usage_start_time < end)
+    filters = UsageFilters(
+        start_time=start,
+        end_time=end,
+        endpoint_name=endpoint_name,
+        workspace_ids=None if scope.workspace_id is None else [scope.workspace_id],
+    )
+    stored = [
+        r
+        for r in session.scalars(query.order_by(UsageRecord.usage_start_time))
+        if filters.accepts(r)
+    ]
+    context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
+    live = [
+        r
+        for r in live_records(session, context, utcnow(), filters)
+        if r.account_id == scope.account_id
+    ]
+    rows: list[dict[str, Any]] = [
+        {column: getattr(record, column) for column in USAGE_COLUMNS} for record in stored + live
+    ]
+    return listing(request, "records", rows, USAGE_COLUMNS)
+
+
+@router.get("/list-prices")
+def list_prices(request: Request, caller: CallerDep, plane: PlaneDep) -> Response:
+    """Every SKU's $/DBU by cloud, region and tier, across rate-card versions."""
+    del caller  # any authenticated principal may read the price list
+    rows = [price.model_dump() for price in plane.rate_cards.list_prices()]
+    return listing(request, "prices", rows, PRICE_COLUMNS)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from sqlalchemy import select
 
+from billing.capacity import CapacityInterval
 from billing.ledger import UsageLedger, UsageRow
+from billing.metering import live_records
+from control_plane.billing_api.runtime import metering_context
 from control_plane.db.models import Workspace
 from control_plane.settings import BillingSettings
 from tests.billing.test_stripe_webhooks import signed
-from tests.control_plane.conftest import LiveServer, live_server, make_settings
+from tests.control_plane.conftest import LiveServer, live_server, make_settings, wait_for
 from tests.control_plane.fake_provider import InstantProvider
 from tests.control_plane.test_tenancy import default_workspace, new_user, new_workspace
 
@@ -113,3 +119,46 @@ def test_stripe_webhook_route_verifies_signatures(database_url: str, tmp_path: A
             route, content=payload.replace(b"paid", b"void"), headers={"Stripe-Signature": header}
         )
         assert forged.status_code == 400 and "signature" in forged.json()["message"]
+
+
+def test_provisioned_throughput_accrues_chunk_seconds_whatever_the_traffic(
+    instant_server: LiveServer,
+) -> None:
+    """Through the reconciler: an endpoint provisioned at 2 chunks (2 × 2,900 tokens/s of
+    dbrx-tiny) holds them from promotion; 90 s later it has accrued exactly
+    2 × 109.8 × 90 / 3600 DBU of COMPUTE_TIME, and its token traffic adds no TOKEN DBU."""
+    entity = {
+        "entity_name": "dbrx-tiny",
+        "entity_version": "1",
+        "min_provisioned_throughput": 5800,
+        "max_provisioned_throughput": 5800,
+    }
+    with instant_server.client() as admin:
+        created = admin.post(
+            "/api/2.0/serving-endpoints",
+            json={"name": "pt", "config": {"served_entities": [entity]}},
+        )
+        assert created.status_code == 200, created.text
+        wait_for(
+            lambda: admin.get("/api/2.0/serving-endpoints/pt").json()["state"]["ready"] == "READY",
+            what="the provisioned endpoint",
+        )
+    plane = instant_server.plane
+    with plane.sessions() as session:
+        [interval] = session.scalars(
+            select(CapacityInterval).where(CapacityInterval.endpoint_name == "pt")
+        ).all()
+        start, endpoint_id = interval.started_at, interval.endpoint_id
+        workspace = session.get(Workspace, default_workspace(instant_server))
+        assert interval.provisioned_chunks == 2 and workspace is not None
+    traffic = _row("pt-1", workspace.account_id, workspace.id, 0, (5000, 9000))
+    _record(
+        instant_server,
+        [replace(traffic, endpoint_id=endpoint_id, endpoint_name="pt", request_time=start)],
+    )
+    context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
+    records = live_records(plane.engine, context, start + timedelta(seconds=90))
+    mine = [r for r in records if r.endpoint_id == endpoint_id]
+    assert {r.usage_type for r in mine} == {"COMPUTE_TIME"}  # no TOKEN DBU on top
+    rate = plane.rate_cards.at(start).throughput("dbrx", "dbrx-tiny", "1").dbu_per_chunk_hour
+    assert sum(r.usage_quantity for r in mine) == 2 * rate * 90 / 3600 == Decimal("5.49")

@@ -22,7 +22,6 @@ import io
 import json
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,13 +29,11 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from bench.scratch_db import migrated_engine, scratch_postgres
 from billing.ledger import UsageLedger, UsageRow
 from billing.metering import MeteringContext, run_metering
 from billing.ratecard import load_rate_cards
-from billing.schema import METADATA
-from control_plane.db import build_engine, upgrade
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 START = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
 COLUMNS = (
     "databricks_request_id, requester, status_code, request_time, served_entity_id, "
@@ -47,21 +44,9 @@ COLUMNS = (
 
 @contextmanager
 def fresh_database() -> Iterator[Engine]:
-    """A new PostgreSQL database migrated to head (plus billing tables without migrations)."""
-    import psycopg
-
-    name = f"moeserve_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    engine = build_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    try:
-        upgrade(engine)
-        METADATA.create_all(engine)
+    """A new PostgreSQL database migrated to head, dropped afterwards."""
+    with scratch_postgres("moeserve_bench") as url, migrated_engine(url) as engine:
         yield engine
-    finally:
-        engine.dispose()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def context() -> MeteringContext:

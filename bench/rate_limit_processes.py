@@ -20,32 +20,16 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import httpx
 
 from bench.control_plane_process import DEFAULT_TOKEN, create_endpoint, start_control_plane, stop
+from bench.scratch_db import scratch_postgres
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WINDOW_S = 60.0
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"moeserve_rl_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def hammer(bases: list[str], endpoint: str, duration_s: float, workers: int) -> Counter[int]:
@@ -107,7 +91,10 @@ def run(calls: int, duration_s: float, workers: int) -> dict[str, Any]:
     address = ray.get_runtime_context().gcs_address
     name = f"rl-{uuid.uuid4().hex[:6]}"
     try:
-        with scratch_database() as database_url, tempfile.TemporaryDirectory() as data_dir:
+        with (
+            scratch_postgres("moeserve_rl") as database_url,
+            tempfile.TemporaryDirectory() as data_dir,
+        ):
             processes = []
             try:
                 for _ in range(2):

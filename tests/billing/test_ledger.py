@@ -19,6 +19,7 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
+from bench.scratch_db import migrated_engine, scratch_postgres
 from billing.db import BillingBase
 from billing.ledger import (
     TRUNCATION_MARKER,
@@ -31,9 +32,8 @@ from billing.ledger import (
     UsageRow,
     cap_text,
 )
-from control_plane.db import build_engine, upgrade
+from control_plane.db import upgrade
 from control_plane.db.migrate import alembic_config
-from tests.control_plane.conftest import _postgres_database
 
 USAGE_TABLE = BillingBase.metadata.tables[EndpointUsage.__tablename__]
 INFERENCE_TABLE = BillingBase.metadata.tables[InferenceLog.__tablename__]
@@ -44,25 +44,17 @@ REQUEST_TIME = datetime(2026, 11, 27, 10, 30, 15, 123456, tzinfo=UTC)
 def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
     """A database migrated to head, as the control plane leaves it on start."""
     if request.param == "sqlite":
-        yield from _migrated(f"sqlite:///{tmp_path / 'ledger.db'}")
+        with migrated_engine(f"sqlite:///{tmp_path / 'ledger.db'}") as engine:
+            yield engine
         return
-    with contextlib.contextmanager(_postgres_database)() as url:
-        yield from _migrated(url)
+    with scratch_postgres("moeserve_test") as url, migrated_engine(url) as engine:
+        yield engine
 
 
 @pytest.fixture
 def pg_engine() -> Iterator[Engine]:
-    with contextlib.contextmanager(_postgres_database)() as url:
-        yield from _migrated(url)
-
-
-def _migrated(url: str) -> Iterator[Engine]:
-    engine = build_engine(url)
-    try:
-        upgrade(engine)
+    with scratch_postgres("moeserve_test") as url, migrated_engine(url) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 def usage(request_id: str, **overrides: Any) -> UsageRow:

@@ -3,7 +3,6 @@ shipped rate cards, and writers of `endpoint_usage` / `capacity_timeline` rows."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,16 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, select
 
+from bench.metering_scale import context as context  # re-exported: the tests' context
+from bench.scratch_db import migrated_engine as migrated
+from bench.scratch_db import postgres_available, scratch_postgres
 from billing.capacity import CapacityInterval
 from billing.db import BillingBase
 from billing.ledger.models import EndpointUsage
-from billing.metering import MeteringContext
-from billing.ratecard import load_rate_cards
 from billing.records import UsageRecord
-from billing.schema import METADATA
-from control_plane.db import build_engine, upgrade
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 USAGE = BillingBase.metadata.tables[EndpointUsage.__tablename__]
 CAPACITY = BillingBase.metadata.tables[CapacityInterval.__tablename__]
 RECORDS = BillingBase.metadata.tables[UsageRecord.__tablename__]
@@ -31,50 +28,15 @@ DBRX_TINY_LAUNCH = Decimal("1.83")
 
 
 def migrated_engine(kind: str, tmp_path: Any) -> Iterator[Engine]:
-    """A database migrated to head plus the billing tables without migrations yet."""
+    """A database (SQLite, or a fresh PostgreSQL one) migrated to head."""
     if kind == "sqlite":
-        yield from _migrated(f"sqlite:///{tmp_path / 'metering.db'}")
+        with migrated(f"sqlite:///{tmp_path / 'metering.db'}") as engine:
+            yield engine
         return
-    yield from _migrated_postgres()
-
-
-def _migrated_postgres() -> Iterator[Engine]:
-    """A fresh PostgreSQL database (as tests/control_plane/conftest.py makes them, without
-    importing the control plane's app), dropped afterwards."""
-    import psycopg
-
-    name = f"moeserve_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=2)
-    except psycopg.OperationalError:
+    if not postgres_available():
         pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see TESTING.md)")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield from _migrated(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _migrated(url: str) -> Iterator[Engine]:
-    engine = build_engine(url)
-    try:
-        upgrade(engine)
-        METADATA.create_all(engine)
+    with scratch_postgres("moeserve_test") as url, migrated(url) as engine:
         yield engine
-    finally:
-        engine.dispose()
-
-
-def context() -> MeteringContext:
-    return MeteringContext(
-        cloud="aws",
-        region="us-east-1",
-        tier="PREMIUM",
-        rate_cards=load_rate_cards(),
-        family_of=lambda name, _version: "mixtral" if name.startswith("mixtral") else "dbrx",
-    )
 
 
 def at(hour: int, minute: int = 0, second: int = 0, day: int = 27) -> datetime:

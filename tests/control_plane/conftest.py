@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,22 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.scratch_db import postgres_available, scratch_postgres
 from control_plane import Settings, create_app
 from deploy.providers.base import Provider
 from tests.control_plane.fake_provider import InstantProvider
 
 ADMIN_TOKEN = "dapi-test-admin-token"
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=2):
-            return True
-    except Exception:
-        return False
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -46,18 +35,10 @@ def postgres_url() -> Iterator[str]:
 
 
 def _postgres_database() -> Iterator[str]:
-    if not _pg_available():
+    if not postgres_available():
         pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see TESTING.md)")
-    import psycopg
-
-    name = f"moeserve_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("moeserve_test") as url:
+        yield url
 
 
 def make_settings(database_url: str, tmp_path: Any, **overrides: Any) -> Settings:

@@ -12,25 +12,17 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from bench.scratch_db import migrated_engine, scratch_postgres
 from billing.records import UsageRecord
-from billing.schema import METADATA
-from control_plane.db import build_engine, upgrade
-from tests.control_plane.conftest import _postgres_database
 
 NOW = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
 
 
 @contextlib.contextmanager
 def billing_engine() -> Iterator[Engine]:
-    """A fresh PostgreSQL database, migrated, plus the billing tables not yet migrated."""
-    with contextlib.contextmanager(_postgres_database)() as url:
-        engine = build_engine(url)
-        try:
-            upgrade(engine)
-            METADATA.create_all(engine)
-            yield engine
-        finally:
-            engine.dispose()
+    """A fresh PostgreSQL database, migrated to head, dropped afterwards."""
+    with scratch_postgres("moeserve_test") as url, migrated_engine(url) as engine:
+        yield engine
 
 
 def usage_record(

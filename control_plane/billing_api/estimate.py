@@ -15,6 +15,7 @@ from billing.ledger import EndpointUsage
 from billing.metering import UsageFilters, live_records
 from billing.metering.hours import sql_hour
 from billing.pricing import line_amount
+from billing.ratecard import UnknownRate
 from billing.records import UsageRecord
 from billing.skus import region_class
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
@@ -52,7 +53,10 @@ def estimate(
     if endpoint is None or endpoint.config is None:
         raise NotFound(f"endpoint {endpoint_name!r} does not exist or has no live config")
     context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
-    card = plane.rate_cards.at(start)
+    try:
+        card = plane.rate_cards.at(start)
+    except UnknownRate as exc:
+        raise InvalidParameter(f"no prices for start_time {start_time}: {exc}") from None
     entity = endpoint.config["served_entities"][0]  # the priced model: the first entity's
     family = context.family_of(entity["entity_name"], entity["entity_version"])
     throughput = card.throughput(family, entity["entity_name"], entity["entity_version"])

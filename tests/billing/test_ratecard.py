@@ -97,7 +97,8 @@ def test_throughput_prefers_the_model_override_then_the_family() -> None:
     assert tiny == card.throughput("dbrx", "dbrx-tiny") != family
     assert tiny.chunk_size == 2900  # measured, billing/ratecards/README.md
     assert card.throughput("dbrx", "some-finetune", "3") == family
-    assert card.throughput("mixtral", "mixtral-tiny", "1") == card.throughput("mixtral")
+    assert card.throughput("mixtral", "mixtral-tiny", "1").chunk_size == 4500  # measured too
+    assert card.throughput("mixtral", "some-finetune") == card.throughput("mixtral")
     # An override belongs to its family: the same name under another family does not match.
     assert card.throughput("mixtral", "dbrx-tiny") == card.throughput("mixtral")
 

@@ -142,9 +142,12 @@ async def _stream(
     accepted.usage = Usage(first.usage.prompt_tokens, 0)
 
     async def on_close() -> None:
+        finished = accepted.finish(CLIENT_CLOSED)  # first; a no-op if the stream completed
         slot.release()
-        await rest.aclose()  # cancels the replica's stream if it is still running
-        await accepted.finish(CLIENT_CLOSED)  # a no-op when the stream already finished
+        try:
+            await rest.aclose()  # cancels the replica's stream if it is still running
+        finally:
+            await finished
 
     events = sse_events(gateway, accepted, body, entity, first, rest)
     return AccountedStream(events, on_close, headers=served_by(entity))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,8 @@ from control_plane.gateway.shapes import Choice, GenKind, error_chunk, stream_ch
 from workers.engine import TokenChunk
 
 Entity = dict[str, Any]
+log = logging.getLogger(__name__)
+_CLOSING: set[asyncio.Future[None]] = set()  # strong references until each close is done
 
 
 class AccountedStream(StreamingResponse):
@@ -32,7 +35,17 @@ class AccountedStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await asyncio.shield(self._on_close())
+            # Its own task: it runs to the end even when this one is being cancelled (the
+            # client left); a completed stream already recorded its usage before [DONE].
+            task = asyncio.ensure_future(self._on_close())
+            _CLOSING.add(task)
+            task.add_done_callback(_closed)
+
+
+def _closed(task: asyncio.Future[None]) -> None:
+    _CLOSING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("closing a stream failed", exc_info=task.exception())
 
 
 def event(payload: Any) -> str:

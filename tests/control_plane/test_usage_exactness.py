@@ -18,18 +18,24 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer
+from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer, wait_for
 from tests.control_plane.query_fixtures import create_endpoint, instant_ray_server, usage_rows
 from workers.tokenizer import load_tokenizer
 
 NAME = f"exact-{uuid.uuid4().hex[:6]}"
 TOTAL = 1000
 LIMITED_CALLS = 20
-TOKEN_DELAY_S = 0.1  # streams last 4 x 0.1 s, so an abandoned one is cut mid-way
+TOKEN_DELAY_S = 0.1  # streams last 4 x 0.1 s
+# Abandoned streams go to a slower twin (a token every 2 s), so that the server notices the
+# client left long before it has another token to send: the tokens billed are then exactly
+# the one chunk the client read.
+SLOW = f"{NAME}-slow"
+SLOW_TOKEN_DELAY_S = 2.0
 
 
 @dataclass
@@ -52,6 +58,11 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "environment_vars": {"MOESERVE_INSTANT_TOKEN_DELAY_S": str(TOKEN_DELAY_S)},
         }
         created = create_endpoint(http, NAME, [entity])
+        slow = {
+            **entity,
+            "environment_vars": {"MOESERVE_INSTANT_TOKEN_DELAY_S": str(SLOW_TOKEN_DELAY_S)},
+        }
+        create_endpoint(http, SLOW, [slow])
         workspace = http.get("/api/2.0/workspaces").json()["workspaces"][0]["workspace_id"]
         user = http.post(f"/api/2.0/workspaces/{workspace}/users", json={"user_name": "metered"})
         live.limited_token = user.json()["token_value"]  # type: ignore[attr-defined]
@@ -106,7 +117,9 @@ async def _stream(
     }
     seen = Seen("abandoned" if abandon else "stream", 0)
     async with http.stream(
-        "POST", "/serving-endpoints/chat/completions", json={**body, "model": NAME}
+        "POST",
+        "/serving-endpoints/chat/completions",
+        json={**body, "model": SLOW if abandon else NAME},
     ) as response:
         seen.status = response.status_code
         if response.status_code != 200:
@@ -193,11 +206,18 @@ def test_every_accepted_request_has_exactly_one_exact_row(server: LiveServer) ->
     assert statuses[("limited", 200)] == LIMITED_CALLS
     assert statuses[("limited", 429)] == 100 - LIMITED_CALLS
 
-    rows = usage_rows(server, NAME)
+    accepted = {m for m, s in seen.items() if s.status != 429}
+
+    # An abandoned stream's row is written once the server notices the client left (there
+    # is no final byte to precede); every other row was committed before its response ended.
+    def all_rows() -> list[dict[str, Any]] | None:
+        found = usage_rows(server, NAME) + usage_rows(server, SLOW)
+        return found if len(found) >= len(accepted) else None
+
+    rows = wait_for(all_rows, timeout=15, what="the rows of the abandoned streams")
     by_marker = Counter(r["client_request_id"] for r in rows)
     assert max(by_marker.values()) == 1, "a request was recorded twice"
     assert len({r["databricks_request_id"] for r in rows}) == len(rows)
-    accepted = {m for m, s in seen.items() if s.status != 429}
     assert set(by_marker) == accepted  # one row per accepted call, none for rejected ones
     rows_by_marker = {r["client_request_id"]: r for r in rows}
     for marker in accepted:

@@ -139,6 +139,9 @@ class AsyncEngine:
             # A step already on the torch thread keeps running; the thread runs one thing at
             # a time, so this no-op finishes only after it.
             await asyncio.wrap_future(self._stepper.submit(lambda: None))
+            # Aborts asked for while the loop was stopping would otherwise wait forever:
+            # with no step running, they are applied here.
+            self._apply_pending()
 
     async def close(self) -> None:
         """Stop, then release the executor (rank actors, process group) on the torch thread."""

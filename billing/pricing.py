@@ -79,8 +79,9 @@ def _capacity_dbu(unit: str, units: int, seconds: Decimal | int, per_hour: Decim
 
 def line_amount(dbu: Decimal, dollars_per_dbu: Decimal) -> Decimal:
     """An invoice line's money: dbu × $/DBU, rounded once to the cent, half to even
-    (0.005 -> 0.00, 0.015 -> 0.02), so rounding errors do not drift one way over many lines."""
-    quantity = _quantity("dbu", dbu)
+    (0.005 -> 0.00, 0.015 -> 0.02), so rounding errors do not drift one way over many lines.
+    `dbu` may be negative: a credit line (a late correction that lowered earlier usage)."""
+    quantity = -_quantity("dbu", -dbu) if dbu < 0 else _quantity("dbu", dbu)
     price = _quantity("dollars_per_dbu", dollars_per_dbu)
     with localcontext(EXACT):
         return (quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN)

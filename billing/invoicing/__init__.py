@@ -10,13 +10,20 @@ from billing.invoicing.close import (
     close_period,
     period_bounds,
 )
-from billing.invoicing.models import INVOICE_STATUSES, Invoice, InvoiceLine, invoice_id_for
+from billing.invoicing.models import (
+    INVOICE_STATUSES,
+    Invoice,
+    InvoicedRecord,
+    InvoiceLine,
+    invoice_id_for,
+)
 
 __all__ = [
     "INVOICE_STATUSES",
     "InvalidPeriodError",
     "Invoice",
     "InvoiceLine",
+    "InvoicedRecord",
     "PeriodNotEndedError",
     "RateCardsLike",
     "close_period",

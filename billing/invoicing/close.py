@@ -1,18 +1,21 @@
 """Closing a billing period: one invoice per workspace for a UTC calendar month.
 
 Each invoice has one line per (SKU, endpoint): `dbu` is the exact Decimal sum of every usage
-record whose hour starts in the period — ORIGINAL, RETRACTION and RESTATEMENT alike, so
-corrections net out — and `amount = line_amount(dbu, dollars_per_dbu)`, rounded once to the
-cent (ROUND_HALF_EVEN). The invoice total is the sum of the rounded lines, so it reconciles
-exactly with the records and with the lines a customer sees.
+record not invoiced yet whose hour starts before the period's end — ORIGINAL, RETRACTION and
+RESTATEMENT alike, so corrections net out — and `amount = line_amount(dbu, dollars_per_dbu)`,
+rounded once to the cent (ROUND_HALF_EVEN). The invoice total is the sum of the rounded
+lines, so it reconciles exactly with the records and with the lines a customer sees.
+
+Every record is invoiced exactly once (`invoiced_records`): usage or corrections that arrive
+for a month after its invoice was closed are billed on the next month's invoice (a line may
+then be negative: a credit), never lost and never billed twice. Close months in order.
 
 $/DBU comes from the rate card in effect at the period's start, for the deployment's cloud,
 region class and tier (rate-card changes take effect on period boundaries).
 
 Closing is idempotent: the invoice id derives from (workspace, period) and an existing
 invoice is returned as it is, never re-rated; closing again only adds invoices for
-workspaces that had none. Usage recorded for an already-invoiced workspace and period after
-its close is not added to that invoice.
+workspaces that had none.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from billing.invoicing.models import Invoice, InvoiceLine, invoice_id_for
+from billing.invoicing.models import Invoice, InvoicedRecord, InvoiceLine, invoice_id_for
 from billing.pricing import line_amount
 from billing.records import UsageRecord
 from billing.skus import region_class
@@ -78,6 +81,7 @@ class _LineSum:
 class _WorkspaceUsage:
     account_id: str
     lines: dict[tuple[str, str], _LineSum] = field(default_factory=dict)
+    record_ids: list[str] = field(default_factory=list)
 
 
 def close_period(
@@ -114,7 +118,7 @@ def close_period(
             invoice.workspace_id: invoice
             for invoice in session.scalars(select(Invoice).where(Invoice.period == period))
         }
-        for workspace_id, usage in sorted(_usage(session, start, end).items()):
+        for workspace_id, usage in sorted(_usage(session, end).items()):
             if workspace_id in invoices:
                 continue
             invoice = _build_invoice(workspace_id, usage, period, dollars_per_dbu, currency, now)
@@ -122,15 +126,24 @@ def close_period(
             invoice.status = "draft" if on_invoice is not None else "open"
             session.add(invoice)
             session.flush()
+            session.add_all(
+                InvoicedRecord(record_id=record_id, invoice_id=invoice.invoice_id)
+                for record_id in usage.record_ids
+            )
             if on_invoice is not None:
                 on_invoice(session, invoice, now)
             invoices[workspace_id] = invoice
         return [invoices[workspace_id] for workspace_id in sorted(invoices)]
 
 
-def _usage(session: Session, start: datetime, end: datetime) -> dict[str, _WorkspaceUsage]:
+def _usage(session: Session, end: datetime) -> dict[str, _WorkspaceUsage]:
+    """Every record not invoiced yet whose hour starts before `end`, by workspace and line."""
+    invoiced = select(InvoicedRecord.record_id).where(
+        InvoicedRecord.record_id == UsageRecord.record_id
+    )
     statement = (
         select(
+            UsageRecord.record_id,
             UsageRecord.workspace_id,
             UsageRecord.account_id,
             UsageRecord.sku_name,
@@ -139,12 +152,13 @@ def _usage(session: Session, start: datetime, end: datetime) -> dict[str, _Works
             UsageRecord.usage_type,
             UsageRecord.usage_quantity,
         )
-        .where(UsageRecord.usage_start_time >= start, UsageRecord.usage_start_time < end)
+        .where(UsageRecord.usage_start_time < end, ~invoiced.exists())
         .where(UsageRecord.workspace_id.is_not(None))
         .execution_options(yield_per=10_000)
     )
     by_workspace: dict[str, _WorkspaceUsage] = {}
     for (
+        record_id,
         workspace_id,
         account_id,
         sku,
@@ -154,6 +168,7 @@ def _usage(session: Session, start: datetime, end: datetime) -> dict[str, _Works
         quantity,
     ) in session.execute(statement):
         usage = by_workspace.setdefault(workspace_id, _WorkspaceUsage(account_id))
+        usage.record_ids.append(record_id)
         line = usage.lines.get((sku, endpoint_id))
         if line is None:
             line = _LineSum(_endpoint_name(metadata, endpoint_id), usage_type)

@@ -49,6 +49,18 @@ class Invoice(BillingBase):
     __table_args__ = (UniqueConstraint("workspace_id", "period"),)
 
 
+class InvoicedRecord(BillingBase):
+    """Which invoice billed each usage record: a record is invoiced exactly once, by the
+    first period close at or after its hour (late corrections land on a later invoice)."""
+
+    __tablename__ = "invoiced_records"
+
+    record_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("invoices.invoice_id"), index=True
+    )
+
+
 class InvoiceLine(BillingBase):
     """One (SKU, endpoint) of an invoice: `dbu` is the exact sum of every usage record of the
     period (corrections included), `amount` = round_half_even(dbu × dollars_per_dbu, cent)."""

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from billing.invoicing import (
     InvalidPeriodError,
     Invoice,
+    InvoicedRecord,
     InvoiceLine,
     PeriodNotEndedError,
     close_period,
@@ -66,6 +67,8 @@ def test_lines_per_sku_and_endpoint_are_rounded_once_and_sum_to_the_total(engine
     with Session(engine) as session, session.begin():
         session.add_all(records)
 
+    # October is closed first: its record is billed there, once.
+    close(engine, "2026-10", now=datetime(2026, 11, 1, 1, tzinfo=UTC))
     (invoice,) = [i for i in close(engine) if i.workspace_id == "ws1"]
 
     assert [(line.endpoint_id, line.dbu) for line in invoice.lines] == [
@@ -83,6 +86,55 @@ def test_lines_per_sku_and_endpoint_are_rounded_once_and_sum_to_the_total(engine
     assert invoice.invoice_id == "inv-2026-11-ws1" and invoice.status == "open"
     assert invoice.currency == "usd" and invoice.rate_card_version == "2024-03-27"
     assert all(line.dollars_per_dbu == RATE for line in invoice.lines)
+
+
+def test_usage_arriving_after_a_close_is_billed_once_on_the_next_invoice(engine: Engine):
+    """A correction of May that arrives after May was invoiced lands on June's invoice:
+    every record is invoiced exactly once, and a net decrease is a credit line."""
+    may, june = datetime(2026, 5, 4, 9, tzinfo=UTC), datetime(2026, 6, 2, 9, tzinfo=UTC)
+    original = usage_record(hour=may, dbu="5", workspace_id="wsl", endpoint_id="epl")
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        session.add(original)
+    [may_invoice] = [i for i in close(engine, "2026-05", june) if i.workspace_id == "wsl"]
+    late = [
+        usage_record(
+            hour=may,
+            dbu="-5",
+            workspace_id="wsl",
+            endpoint_id="epl",
+            record_type="RETRACTION",
+            corrects=original.record_id,
+            seq=1,
+        ),
+        usage_record(
+            hour=may,
+            dbu="3",
+            workspace_id="wsl",
+            endpoint_id="epl",
+            record_type="RESTATEMENT",
+            seq=1,
+        ),
+    ]
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        session.add_all(late)
+    july = datetime(2026, 7, 1, 1, tzinfo=UTC)
+    [june_invoice] = [i for i in close(engine, "2026-06", july) if i.workspace_id == "wsl"]
+    assert [line.dbu for line in may_invoice.lines] == [Decimal(5)]
+    assert [line.dbu for line in june_invoice.lines] == [Decimal(-2)]  # a credit
+    assert june_invoice.total == cents(Decimal(-2) * RATE) == Decimal("-0.14")
+    with Session(engine) as session:
+        billed = session.execute(
+            select(InvoicedRecord.record_id, InvoicedRecord.invoice_id).where(
+                InvoicedRecord.record_id.in_([original.record_id, *(r.record_id for r in late)])
+            )
+        ).all()
+    assert sorted(invoice for _, invoice in billed) == [
+        "inv-2026-05-wsl",
+        "inv-2026-06-wsl",
+        "inv-2026-06-wsl",
+    ]
+    # May and June together bill exactly the corrected total, 3 DBU.
+    assert may_invoice.total + june_invoice.total == cents(Decimal(3) * RATE)
 
 
 def test_closing_twice_returns_the_same_invoices_and_adds_nothing(engine: Engine):

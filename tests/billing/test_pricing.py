@@ -120,7 +120,6 @@ def test_split_by_hour_keeps_microseconds_and_converts_to_utc() -> None:
         (lambda: provisioned_dbu(2, Decimal(-1), CHUNK), ValueError, "seconds must be"),
         (lambda: provisioned_dbu(2, 1.5, CHUNK), TypeError, "seconds must be a Decimal"),  # type: ignore[arg-type]
         (lambda: gpu_dbu(1, 60, Decimal("-1")), ValueError, "DBU per hour must be"),
-        (lambda: line_amount(Decimal("-0.01"), Decimal("0.07")), ValueError, "dbu must be"),
         (lambda: line_amount(Decimal("1"), Decimal("NaN")), ValueError, "dollars_per_dbu"),
         (
             lambda: break_even_tokens_per_s(DBRX, CHUNK, output_share=Decimal("1.5")),
@@ -210,3 +209,8 @@ def test_provisioned_dbu_split_by_hour_adds_up_exactly(
     assert sum(
         (provisioned_dbu(chunks, s, CHUNK) for _, s in pieces), Decimal(0)
     ) == provisioned_dbu(chunks, whole, CHUNK)
+
+
+def test_a_negative_line_is_a_credit_rounded_the_same_way() -> None:
+    assert line_amount(Decimal("-0.5"), Decimal("0.07")) == Decimal("-0.04")  # -0.035, to even
+    assert line_amount(Decimal("-2"), Decimal("0.07")) == -line_amount(Decimal(2), Decimal("0.07"))

@@ -61,24 +61,43 @@ def record_capacity(session: Session, endpoint: Endpoint, now: datetime) -> None
     assert endpoint.config is not None
     wanted = {e["name"]: _capacity(e) for e in endpoint.config["served_entities"]}
     for interval in open_intervals(session, endpoint.id):
-        current = {f: getattr(interval, f) for f in _CAPACITY_FIELDS}
-        if wanted.get(interval.served_entity_name) == current:
+        if wanted.get(interval.served_entity_name) == _held(interval):
             del wanted[interval.served_entity_name]  # unchanged: the interval stays open
         else:
             interval.ended_at = now
     for served_name, capacity in wanted.items():
-        session.add(
-            CapacityInterval(
-                endpoint_id=endpoint.id,
-                account_id=endpoint.account_id,
-                workspace_id=endpoint.workspace_id,
-                endpoint_name=endpoint.name,
-                served_entity_name=served_name,
-                started_at=now,
-                ended_at=None,
-                **capacity,
-            )
+        _open(session, endpoint, served_name, capacity, now)
+
+
+def _held(interval: CapacityInterval) -> dict[str, Any]:
+    return {field: getattr(interval, field) for field in _CAPACITY_FIELDS}
+
+
+def _open(
+    session: Session,
+    endpoint: Endpoint,
+    served_name: str,
+    capacity: dict[str, Any],
+    now: datetime,
+    *,
+    parked: bool = False,
+    woke_from_zero: bool = False,
+) -> None:
+    """Open a new interval of `capacity` for the served entity, starting `now`."""
+    session.add(
+        CapacityInterval(
+            endpoint_id=endpoint.id,
+            account_id=endpoint.account_id,
+            workspace_id=endpoint.workspace_id,
+            endpoint_name=endpoint.name,
+            served_entity_name=served_name,
+            started_at=now,
+            ended_at=None,
+            parked=parked,
+            woke_from_zero=woke_from_zero,
+            **capacity,
         )
+    )
 
 
 def close_intervals(session: Session, endpoint_id: str, now: datetime) -> None:
@@ -112,17 +131,5 @@ def record_parking(
         if parked == interval.parked:
             continue
         interval.ended_at = now
-        session.add(
-            CapacityInterval(
-                endpoint_id=interval.endpoint_id,
-                account_id=interval.account_id,
-                workspace_id=interval.workspace_id,
-                endpoint_name=interval.endpoint_name,
-                served_entity_name=interval.served_entity_name,
-                started_at=now,
-                ended_at=None,
-                parked=parked,
-                woke_from_zero=not parked,
-                **{field: getattr(interval, field) for field in _CAPACITY_FIELDS},
-            )
-        )
+        served_name, held = interval.served_entity_name, _held(interval)
+        _open(session, endpoint, served_name, held, now, parked=parked, woke_from_zero=not parked)

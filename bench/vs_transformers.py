@@ -4,6 +4,8 @@ Both run the 309 M-parameter DBRX-architecture config of MODELS.md (d_model 512,
 16 experts of 1024, top-4, vocab 100352), fp32, on the same random prompts, in this one
 process, so machine noise hits both alike. Output tokens/s counts generated tokens over
 wall seconds, prefill included; HF runs `generate` (greedy, eager attention) with EOS off.
+moeserve runs twice: with plain torch matmuls (`set_weight_packing(model, False)`) and as
+it serves, on oneDNN-packed weights (`workers.model.packed`).
 
     make bench            # or: .venv/bin/python bench/vs_transformers.py --batch-sizes 1 8 32
 """
@@ -23,7 +25,13 @@ import torch
 
 from workers.bench import run_benchmark
 from workers.generation import generate
-from workers.model import build_random, load_checkpoint, preset, save_checkpoint
+from workers.model import (
+    build_random,
+    load_checkpoint,
+    preset,
+    save_checkpoint,
+    set_weight_packing,
+)
 
 
 def hf_generate_tokens_per_s(model: Any, prompts: torch.Tensor, gen_len: int) -> float:
@@ -98,15 +106,19 @@ def main(argv: list[str] | None = None) -> int:
                 generator=torch.Generator().manual_seed(batch),
             )
             hf_tps = hf_generate_tokens_per_s(hf, prompts, args.gen_len)
+            shape = {"batch_size": batch, "prompt_len": args.prompt_len, "gen_len": args.gen_len}
+            print(f"batch {batch}: moeserve, plain torch matmuls...", file=sys.stderr)
+            set_weight_packing(ours, False)
+            plain = run_benchmark(ours, **shape, seed=batch)
+            set_weight_packing(ours, True)
             print(f"batch {batch}: moeserve...", file=sys.stderr)
-            report = run_benchmark(
-                ours, batch_size=batch, prompt_len=args.prompt_len, gen_len=args.gen_len, seed=batch
-            )
+            report = run_benchmark(ours, **shape, seed=batch)
             rows.append(
                 {
                     **report,
                     "hf_output_tokens_per_s": hf_tps,
                     "speedup": report["output_tokens_per_s"] / hf_tps,
+                    "unpacked_output_tokens_per_s": plain["output_tokens_per_s"],
                     "greedy_agreement": match,
                 }
             )
@@ -116,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads, prompt {args.prompt_len}, {args.gen_len} new tokens"
     )
     print(
-        "| batch | transformers tok/s | moeserve tok/s | speedup | decode ms/step "
-        "| bandwidth limit tok/s | of limit |"
+        "| batch | transformers tok/s | moeserve, unpacked tok/s | moeserve tok/s | speedup "
+        "| decode ms/step | bandwidth limit tok/s | of limit |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['batch_size']} | {row['hf_output_tokens_per_s']:.1f} "
+            f"| {row['unpacked_output_tokens_per_s']:.1f} "
             f"| {row['output_tokens_per_s']:.1f} | {row['speedup']:.2f}x "
             f"| {row['decode_ms_per_step']:.1f} | {row['bandwidth_limit_tokens_per_s']:.0f} "
             f"| {row['output_tokens_per_s'] / row['bandwidth_limit_tokens_per_s']:.0%} |"

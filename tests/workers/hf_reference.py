@@ -90,7 +90,11 @@ def save_hf(shape: RefShape, directory: Path, seed: int = 0) -> Any:
 
 
 @torch.no_grad()
-def hf_greedy(model: Any, prompt: torch.Tensor, new_tokens: int) -> list[list[int]]:
+def hf_greedy(
+    model: Any, prompt: torch.Tensor, new_tokens: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """transformers' greedy tokens [B][new_tokens] and the logits it picked them from
+    [B, new_tokens, V] (its cached decode's own numbers)."""
     out = model.generate(
         prompt,
         max_new_tokens=new_tokens,
@@ -99,5 +103,7 @@ def hf_greedy(model: Any, prompt: torch.Tensor, new_tokens: int) -> list[list[in
         eos_token_id=None,
         pad_token_id=0,
         attention_mask=torch.ones_like(prompt),
+        output_logits=True,
+        return_dict_in_generate=True,
     )
-    return out[:, prompt.shape[1] :].tolist()
+    return out.sequences[:, prompt.shape[1] :].tolist(), torch.stack(out.logits, dim=1)

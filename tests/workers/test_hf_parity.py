@@ -32,12 +32,29 @@ def test_logits_and_greedy_tokens_match_transformers(shape: RefShape, tmp_path: 
 
     with torch.no_grad():
         expected = reference(prompts).logits
-    actual = model(prompts)
-    assert actual.shape == expected.shape
-    assert (actual - expected).abs().max().item() <= TOLERANCE
+    plain = model(prompts)  # autograd on: plain torch matmuls
+    with torch.inference_mode():
+        served = model(prompts)  # how generation and the engine run (packed weights on CPU)
+    for actual in (plain, served):
+        assert actual.shape == expected.shape
+        assert (actual - expected).abs().max().item() <= TOLERANCE
 
     ours = generate(model, prompts, max_new_tokens=24).tokens
-    assert ours == hf_greedy(reference, prompts, 24)
+    theirs, their_logits = hf_greedy(reference, prompts, 24)
+    for row, (our_row, their_row) in enumerate(zip(ours, theirs, strict=True)):
+        assert_same_greedy_tokens(our_row, their_row, their_logits[row])
+
+
+def assert_same_greedy_tokens(ours: list[int], theirs: list[int], logits: torch.Tensor) -> None:
+    """The rows are equal, or equal up to a step where transformers' own logits [T, V] put
+    both picks within TOLERANCE — a tie that fp32 rounding breaks either way (its cached
+    decode and its uncached forward measured 6e-4 apart late in a sequence, so a different
+    kernel may pick the other token); after that step the rows may differ."""
+    if ours == theirs:
+        return
+    step = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+    gap = (logits[step, theirs[step]] - logits[step, ours[step]]).abs().item()
+    assert gap <= TOLERANCE, f"step {step}: picked {ours[step]}, transformers {theirs[step]}"
 
 
 def test_routing_is_not_uniform_in_reference_weights(tmp_path: Path) -> None:

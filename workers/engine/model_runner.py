@@ -21,7 +21,7 @@ from workers.engine.paged_attention import (
     SequenceChunk,
     build_paged_batch,
 )
-from workers.model import MoETransformer
+from workers.model import MoETransformer, prepack_weights
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Executor(Protocol):
 class ModelRunner:
     def __init__(self, model: MoETransformer, *, num_blocks: int, block_size: int) -> None:
         self.model = model
+        prepack_weights(model)  # CPU fp32: oneDNN layouts made now, not on the first request
         weight = model.output.weight
         self.device = weight.device
         self.cache = PagedKVCache(

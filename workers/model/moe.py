@@ -3,16 +3,22 @@
 Tokens are routed by sorting (token, slot) pairs by expert, so each expert that at least one
 token chose runs one matmul over its contiguous slice of tokens — no per-token weight
 gathering and no pass over experts that no token chose. Where torch provides
-`_grouped_mm`, all hit experts run as one grouped matmul instead of a Python loop.
+`_grouped_mm`, all hit experts run as one grouped matmul instead of a Python loop; on CPU in
+fp32 each expert's matmuls run on oneDNN-packed weights (`workers.model.packed`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workers.model.args import ModelArgs
+from workers.model.packed import PackedWeights, packed_linear
+
+ExpertMatmul = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class Router(nn.Module):
@@ -57,6 +63,7 @@ class MoE(nn.Module):
         self.use_grouped_mm: bool | None = None
         # Up to this many rows per expert, with every expert hit, use one padded bmm.
         self.padded_max_rows = 16
+        self.packed_weights = PackedWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
@@ -73,6 +80,8 @@ class MoE(nn.Module):
             grouped = x.device.type == "cuda"
         if grouped and grouped_mm_supported(x) and len(x) > 1:
             out = self._grouped(routed, counts)
+        elif self.packed_weights.usable(self.w13, x):
+            out = self._looped(routed, counts)  # packed per-expert matmuls beat the padded bmm
         elif self._use_padded(counts):
             out = self._padded(routed, counts, flat_experts[order])
         else:
@@ -85,16 +94,35 @@ class MoE(nn.Module):
         return F.silu(gate) * up
 
     def _looped(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self._expert_matmuls(routed)
         out = torch.empty_like(routed)
         start = 0
         for expert, count in enumerate(counts.tolist()):
             if count == 0:
                 continue
             end = start + count
-            h = self._glu(routed[start:end] @ self.w13[expert].T)  # [n_e, F]
-            out[start:end] = h @ self.w2[expert]
+            h = self._glu(gate_up(expert, routed[start:end]))  # [n_e, F]
+            out[start:end] = down(expert, h)
             start = end
         return out
+
+    def _expert_matmuls(self, routed: torch.Tensor) -> tuple[ExpertMatmul, ExpertMatmul]:
+        """(expert, rows [n, D]) -> rows @ w13[expert]ᵀ [n, 2F], and (expert, h [n, F]) ->
+        h @ w2[expert] [n, D]: on packed copies where they apply, else plain matmuls."""
+        if not self.packed_weights.usable(self.w13, routed):
+            return (lambda e, rows: rows @ self.w13[e].T), (lambda e, h: h @ self.w2[e])
+        w13, w2 = self._packed_experts()
+        return (lambda e, rows: packed_linear(rows, w13[e])), (lambda e, h: packed_linear(h, w2[e]))
+
+    def _packed_experts(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-expert packed [2F, D] gate|up and [D, F] down matrices."""
+        w13 = self.packed_weights.stack("w13", self.w13, lambda w: list(w))
+        w2 = self.packed_weights.stack("w2", self.w2, lambda w: [m.T for m in w])
+        return w13, w2
+
+    def prepack_weights(self) -> None:
+        if self.packed_weights.usable(self.w13):
+            self._packed_experts()
 
     def _use_padded(self, counts: torch.Tensor) -> bool:
         """Few tokens per expert, nearly every expert hit (decode of a batch): one padded bmm

@@ -16,6 +16,7 @@ from workers.model.attention_context import AttentionContext, CausalAttention
 from workers.model.kv_cache import KVCache
 from workers.model.layers import Attention, Norm, lm_head, rotary_tables, vocab_chunks
 from workers.model.moe import MoE
+from workers.model.packed import PackedWeights
 
 
 class Block(nn.Module):
@@ -49,6 +50,7 @@ class MoETransformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self._vocab_chunks = vocab_chunks(args.vocab_size)
+        self.packed_weights = PackedWeights()
 
     def forward(
         self,
@@ -94,7 +96,14 @@ class MoETransformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states [..., D] -> logits [..., V]."""
-        return lm_head(hidden, self.output.weight, self._vocab_chunks)
+        weight = self.output.weight
+        if self.packed_weights.usable(weight, hidden):
+            return self.packed_weights.linear("output", hidden, weight)
+        return lm_head(hidden, weight, self._vocab_chunks)
+
+    def prepack_weights(self) -> None:
+        if self.packed_weights.usable(self.output.weight):
+            self.packed_weights.matrix("output", self.output.weight)
 
     def hidden_states(
         self,

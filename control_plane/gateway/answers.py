@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from control_plane.errors import ApiError, TemporarilyUnavailable
 from control_plane.gateway.accounting import CLIENT_CLOSED, Accepted
 from control_plane.gateway.dispatch import ReplicaFailed, Slot
+from control_plane.gateway.prompts import PromptIds
 from control_plane.gateway.protocol import Body, ChatBody, CompletionBody, EmbeddingsBody
 from control_plane.gateway.runtime import Gateway
 from control_plane.gateway.shapes import Choice, GenKind, embeddings_response, full_response
@@ -36,7 +37,7 @@ async def answer(
     accepted: Accepted,
     body: Body,
     entities: list[Entity],
-    prompts: dict[str, list[list[int]]],
+    prompts: PromptIds,
 ) -> Any:
     if isinstance(body, EmbeddingsBody):
         return await _embed(gateway, accepted, body, entities, prompts)
@@ -81,10 +82,10 @@ async def _complete(
     accepted: Accepted,
     body: ChatBody | CompletionBody,
     entities: list[Entity],
-    prompts: dict[str, list[list[int]]],
+    prompts: PromptIds,
 ) -> JSONResponse:
     def call(entity: Entity) -> Any:
-        request = body.generation_request(accepted.request_id, prompts[entity["name"]][0])
+        request = body.generation_request(accepted.request_id, prompts.of(entity)[0])
         return gateway.dispatcher.complete(accepted.target.endpoint_name, entity, request)
 
     entity, result, slot = await attempts(gateway, accepted, entities, call)
@@ -107,12 +108,10 @@ async def _embed(
     accepted: Accepted,
     body: EmbeddingsBody,
     entities: list[Entity],
-    prompts: dict[str, list[list[int]]],
+    prompts: PromptIds,
 ) -> JSONResponse:
     def call(entity: Entity) -> Any:
-        return gateway.dispatcher.embed(
-            accepted.target.endpoint_name, entity, prompts[entity["name"]]
-        )
+        return gateway.dispatcher.embed(accepted.target.endpoint_name, entity, prompts.of(entity))
 
     entity, result, slot = await attempts(gateway, accepted, entities, call)
     slot.release()
@@ -129,12 +128,12 @@ async def _stream(
     accepted: Accepted,
     body: ChatBody | CompletionBody,
     entities: list[Entity],
-    prompts: dict[str, list[list[int]]],
+    prompts: PromptIds,
 ) -> StreamingResponse:
     """Errors before the first chunk are plain HTTP errors (after fallback); then SSE."""
 
     def call(entity: Entity) -> Any:
-        request = body.generation_request(accepted.request_id, prompts[entity["name"]][0])
+        request = body.generation_request(accepted.request_id, prompts.of(entity)[0])
         return gateway.dispatcher.open_stream(accepted.target.endpoint_name, entity, request)
 
     entity, (first, rest), slot = await attempts(gateway, accepted, entities, call)

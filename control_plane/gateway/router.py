@@ -21,10 +21,8 @@ from control_plane.auth import Level, level_of
 from control_plane.errors import ApiError, InvalidParameter, TemporarilyUnavailable
 from control_plane.gateway.accounting import CLIENT_CLOSED, Accepted
 from control_plane.gateway.answers import EntitiesUnavailable, answer
+from control_plane.gateway.prompts import PromptIds
 from control_plane.gateway.protocol import (
-    Body,
-    ChatBody,
-    CompletionBody,
     Kind,
     kind_of,
     parse_body,
@@ -100,8 +98,8 @@ async def _query(request: Request, kind: Kind | None, name: str | None) -> Any:
         raise InvalidParameter("name the endpoint in the body's `model` field")
     target = await gateway.targets.resolve(request.headers.get("authorization"), name)
     entities = candidates(target.config, target.endpoint_name, fallback=target.fallback_enabled)
-    prompts = {e["name"]: _prompt(gateway, e, body) for e in entities}
-    first = prompts[entities[0]["name"]]
+    prompts = PromptIds(gateway, body)
+    first = prompts.of(entities[0])
     request_id = uuid.uuid4().hex
     reservation = await gateway.reserve(target, request_id, sum(len(p) for p in first))
     accepted = Accepted(
@@ -128,7 +126,6 @@ async def _query(request: Request, kind: Kind | None, name: str | None) -> Any:
             if fresh.config_version == target.config_version:
                 raise
             entities = candidates(fresh.config, name, fallback=fresh.fallback_enabled)
-            prompts = {e["name"]: _prompt(gateway, e, body) for e in entities}
             return await answer(gateway, accepted, body, entities, prompts)
     except ApiError as exc:
         await accepted.finish(exc.status_code)
@@ -139,14 +136,3 @@ async def _query(request: Request, kind: Kind | None, name: str | None) -> Any:
     except Exception:
         await accepted.finish(500)
         raise
-
-
-def _prompt(gateway: Gateway, entity: Entity, body: Body) -> list[list[int]]:
-    """The body's token ids under `entity`'s tokenizer (one list; embeddings: one per input)."""
-    tokenizer = gateway.tokenizer(entity)
-    if isinstance(body, ChatBody):
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return [tokenizer.apply_chat_template(messages)]
-    if isinstance(body, CompletionBody):
-        return [tokenizer.encode(body.text())]
-    return [tokenizer.encode(i) if isinstance(i, str) else i for i in body.items()]

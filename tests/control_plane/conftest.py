@@ -1,10 +1,12 @@
 """Control-plane fixtures: databases (SQLite file and a fresh PostgreSQL database), settings,
-and a live HTTP server (uvicorn in a thread on a free port) that real clients talk to."""
+a live HTTP server (uvicorn in a thread on a free port) that real clients talk to, and rate
+limiters (in-process, or on the real Redis under a key prefix of the test's own)."""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +17,11 @@ import pytest
 
 from bench.scratch_db import postgres_available, scratch_postgres
 from control_plane import Settings, create_app
+from control_plane.gateway.ratelimit_memory import InProcessRateLimiter
+from control_plane.gateway.ratelimit_redis import RedisRateLimiter
 from deploy.providers.base import Provider
 from tests.control_plane.fake_provider import InstantProvider
+from tests.control_plane.ratelimit_support import REDIS_URL, Factory, redis_or_fail
 
 ADMIN_TOKEN = "dapi-test-admin-token"
 
@@ -110,3 +115,27 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "con
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test alone; its keys are deleted afterwards (never FLUSHALL)."""
+    client = redis_or_fail()
+    prefix = f"moeserve:rl:test:{uuid.uuid4().hex}:"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture(params=["in_process", "redis"])
+def new_limiter(request: pytest.FixtureRequest) -> Factory:
+    """Makes limiters that share counters (call it inside the test's event loop)."""
+    if request.param == "in_process":
+        shared = InProcessRateLimiter()
+        return lambda: shared
+    prefix = request.getfixturevalue("redis_prefix")
+    return lambda: RedisRateLimiter(REDIS_URL, key_prefix=prefix)

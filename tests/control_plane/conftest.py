@@ -107,14 +107,22 @@ def instant_server(database_url: str, tmp_path: Any) -> Iterator[LiveServer]:
         yield server
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30,
+    what: str | Callable[[], str] = "condition",
+) -> Any:
+    """`predicate()`'s first truthy value, polled every 0.1 s; `what` (or what it returns at
+    the deadline, to show the last state seen) names it in the timeout error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what if isinstance(what, str) else what()}"
+    )
 
 
 @pytest.fixture

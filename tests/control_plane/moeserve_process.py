@@ -22,13 +22,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.control_plane.conftest import wait_for
 
 ADMIN_TOKEN = "dapi-restart-test-admin-token"
 MOESERVE = Path(sys.executable).with_name("moeserve")
@@ -220,16 +222,6 @@ def delete_ms_apps() -> None:
             serve.delete(name, _blocking=False)
     except Exception as error:  # no Serve instance when the child never started
         print(f"cleanup: {error!r}")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what()}")
 
 
 # -- endpoints through the API --------------------------------------------------------------

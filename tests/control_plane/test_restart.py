@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.control_plane.conftest import live_server, make_settings
+from tests.control_plane.conftest import live_server, make_settings, wait_for
 from tests.control_plane.fake_provider import InstantProvider
 from tests.control_plane.moeserve_process import (
     ADMIN_TOKEN,
@@ -32,8 +33,18 @@ from tests.control_plane.moeserve_process import (
     replica_ids,
     stored_state,
     wait_converged,
-    wait_for,
 )
+
+
+def restart_env() -> dict[str, str]:
+    return {**FAST_ENV, "MOESERVE_ADMIN_TOKEN": ADMIN_TOKEN, "MOESERVE_SHARED_ENDPOINTS": "[]"}
+
+
+def create_dbrx_tiny(client: httpx.Client, name: str) -> httpx.Response:
+    body = {"name": name, "config": {"served_entities": [entity_config("dbrx-tiny")]}}
+    created = client.post(ENDPOINTS, json=body)
+    assert created.status_code == 200, created.text
+    return created
 
 
 @pytest.mark.slow
@@ -46,16 +57,11 @@ def test_control_plane_killed_while_an_endpoint_deploys_adopts_its_app_on_restar
     process restarted on the same database takes the lease over once it expires, adopts the
     app (same replica: no second deploy), removes an orphaned `ms-` app, reaches
     READY/NOT_UPDATING, and deletes the app when the endpoint is deleted."""
-    port = free_port()
-    env = {**FAST_ENV, "MOESERVE_ADMIN_TOKEN": ADMIN_TOKEN, "MOESERVE_SHARED_ENDPOINTS": "[]"}
+    port, env = free_port(), restart_env()
     name = "restart-create"
     try:
         with moeserve_run(tmp_path, port, env) as first, first.client() as client:
-            created = client.post(
-                ENDPOINTS,
-                json={"name": name, "config": {"served_entities": [entity_config("dbrx-tiny")]}},
-            )
-            assert created.status_code == 200, created.text
+            created = create_dbrx_tiny(client, name)
             assert created.json()["state"] == {"ready": "NOT_READY", "config_update": "IN_PROGRESS"}
             endpoint_id = created.json()["id"]
             app_name = kill_once_deploying(first, endpoint_id, set())
@@ -99,16 +105,11 @@ def test_control_plane_killed_during_a_config_update_finishes_the_rollout_on_res
     """SIGKILL while a config update (dbrx-tiny -> mixtral-tiny) rolls: the restarted process
     finishes it (config_version 2, READY/NOT_UPDATING, queries answered by the new model),
     adopts the new app and retires the old one, leaving exactly one app."""
-    port = free_port()
-    env = {**FAST_ENV, "MOESERVE_ADMIN_TOKEN": ADMIN_TOKEN, "MOESERVE_SHARED_ENDPOINTS": "[]"}
+    port, env = free_port(), restart_env()
     name = "restart-update"
     try:
         with moeserve_run(tmp_path, port, env) as first, first.client() as client:
-            created = client.post(
-                ENDPOINTS,
-                json={"name": name, "config": {"served_entities": [entity_config("dbrx-tiny")]}},
-            )
-            assert created.status_code == 200, created.text
+            created = create_dbrx_tiny(client, name)
             endpoint_id = created.json()["id"]
             wait_converged(client, name, config_version=1, timeout=40)
             (old_app,) = apps_of(endpoint_id)

@@ -16,6 +16,7 @@ other dtypes and devices use plain torch.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from torch import nn
 ROWS_HINT = 16
 
 
+@functools.cache
 def packing_available() -> bool:
-    """Whether this torch build has oneDNN's packed fp32 linear."""
+    """Whether this torch build has oneDNN's packed fp32 linear (asked once per process)."""
     return torch.backends.mkldnn.is_available() and hasattr(
         torch.ops.mkldnn, "_reorder_linear_weight"
     )

@@ -34,7 +34,7 @@ def serve(args: argparse.Namespace) -> None:
 
     from control_plane import Settings, create_app
     from deploy.providers.local import LocalRayProvider
-    from workers.engine.instant import instant_engine_factory
+    from workers.testing.instant import instant_engine_factory
 
     settings = Settings(
         data_dir=Path(args.data_dir),

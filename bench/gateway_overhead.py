@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.gateway_overhead [--requests 3000] [--concurrency 32] [--json]
 
 Both paths reach the same Ray Serve application, whose replica runs the instant engine
-(`workers.engine.instant`: no model compute), so what differs is exactly what the gateway
+(`workers.testing.instant`: no model compute), so what differs is exactly what the gateway
 adds: HTTP parsing, auth, routing, tokenization, rate-limit checks, the usage row (group
 commit to SQLite, durable before the response) and metrics.
 
@@ -105,7 +105,7 @@ async def _concurrent(make_call: Any, count: int, concurrency: int) -> float:
 async def measure(port: int, app_name: str, requests: int, concurrency: int) -> dict[str, Any]:
     from ray import serve
 
-    from workers.engine import GenerationRequest
+    from workers.engine.request import GenerationRequest
     from workers.tokenizer import load_tokenizer
 
     prompt_ids = load_tokenizer("cl100k_base").encode(PROMPT)

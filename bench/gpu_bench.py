@@ -48,7 +48,9 @@ from bench.gpu_models import build_hf, build_random_on_device, moeserve_from_hf,
 from bench.gpu_report import Report, environment, markdown_table, table_rows
 from workers.bench import run_benchmark
 from workers.generation import generate
-from workers.model import ModelArgs, MoETransformer, preset
+from workers.model.args import ModelArgs
+from workers.model.presets import preset
+from workers.model.transformer import MoETransformer
 from workers.roofline import measure_memory_bandwidth
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
-from workers.model import CheckpointError, ModelArgs, MoETransformer
-from workers.model.hf_format import IGNORED_SUFFIXES, hf_config_from_args, hf_to_internal
+from workers.model.args import ModelArgs
+from workers.model.hf_config import CheckpointError, hf_config_from_args
+from workers.model.hf_format import IGNORED_SUFFIXES, hf_to_internal
+from workers.model.transformer import MoETransformer
 
 
 def resident_bytes(args: ModelArgs, element_size: int, *, with_hf: bool) -> int:
@@ -28,7 +30,9 @@ def build_hf(args: ModelArgs, device: torch.device, dtype: torch.dtype, seed: in
     import transformers
 
     transformers.logging.set_verbosity_error()
-    config = transformers.DbrxConfig.from_dict(hf_config_from_args(args, dtype))
+    config = transformers.DbrxConfig.from_dict(
+        hf_config_from_args(args, str(dtype).removeprefix("torch."))
+    )
     torch.manual_seed(seed)  # seeds the CUDA generators too
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(

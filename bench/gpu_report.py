@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from workers.model import ModelArgs
+from workers.model.args import ModelArgs
 from workers.model.moe import grouped_mm_supported
 from workers.roofline import bandwidth_limit_tokens_per_s
 

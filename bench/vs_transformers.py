@@ -25,13 +25,10 @@ import torch
 
 from workers.bench import run_benchmark
 from workers.generation import generate
-from workers.model import (
-    build_random,
-    load_checkpoint,
-    preset,
-    save_checkpoint,
-    set_weight_packing,
-)
+from workers.model.checkpoint import load_checkpoint, save_checkpoint
+from workers.model.loading import build_random
+from workers.model.packed import set_weight_packing
+from workers.model.presets import preset
 
 
 def hf_generate_tokens_per_s(model: Any, prompts: torch.Tensor, gen_len: int) -> float:

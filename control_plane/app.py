@@ -11,15 +11,29 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from sqlalchemy.exc import IntegrityError
 
 from billing.ratecard import load_rate_cards
-from control_plane.api import routers
+from control_plane.api import (
+    discovery,
+    endpoint_details,
+    endpoints,
+    models,
+    permissions,
+    prometheus,
+    tokens,
+    workspaces,
+)
+from control_plane.billing_api import estimate as billing_estimate
+from control_plane.billing_api import invoices as billing_invoices
+from control_plane.billing_api import records as billing_records
+from control_plane.billing_api import usage as billing_usage
 from control_plane.billing_api.runtime import billing_loop
 from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import install_error_handlers
+from control_plane.gateway import router as gateway
 from control_plane.gateway.runtime import Gateway
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
@@ -73,6 +87,25 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
     for router in routers():
         app.include_router(router)
     return app
+
+
+def routers() -> list[APIRouter]:
+    # endpoint_details first: its fixed paths must win over `/{name}` patterns.
+    return [
+        endpoint_details.router,
+        endpoints.router,
+        permissions.router,
+        workspaces.router,
+        tokens.router,
+        models.router,
+        gateway.router,
+        billing_usage.router,
+        billing_records.router,
+        billing_invoices.router,
+        billing_estimate.router,
+        discovery.router,
+        prometheus.router,
+    ]
 
 
 def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlane:

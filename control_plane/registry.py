@@ -14,7 +14,10 @@ from sqlalchemy.orm import Session
 from control_plane.db.models import RegisteredModel
 from control_plane.errors import AlreadyExists, InvalidParameter
 from control_plane.ids import to_millis, utcnow
-from workers.model import PRESETS, CheckpointError, ModelSource, verify_checkpoint
+from workers.model.checkpoint import verify_checkpoint
+from workers.model.hf_config import CheckpointError
+from workers.model.presets import PRESETS
+from workers.model.source import ModelSource
 
 PRESET_VERSION = "1"
 

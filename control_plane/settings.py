@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.engine.config import EngineConfig
+
 SHARED_PREFIX = "databricks-"
 DEFAULT_REGIONS = {"local": "local", "aws": "us-east-1", "gcp": "us-central1", "azure": "eastus"}
 
@@ -41,8 +43,10 @@ class WorkerDefaults(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kv_cache_tokens: int = Field(default=16384, ge=256, description="KV capacity per replica")
-    max_num_seqs: int = Field(default=32, ge=1, description="sequences per engine step")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="each replica's engine: KV-cache capacity, batching limits",
+    )
     concurrency_per_replica: int = Field(
         default=16,
         ge=1,

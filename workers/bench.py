@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from workers.generation import generate
-from workers.model import TORCH_DTYPES, MoETransformer, from_preset, load_checkpoint
+from workers.model.checkpoint import load_checkpoint
+from workers.model.loading import TORCH_DTYPES, from_preset
+from workers.model.transformer import MoETransformer
 from workers.roofline import bandwidth_limit_tokens_per_s, measure_memory_bandwidth
 
 DTYPES = TORCH_DTYPES  # the names ModelSource (the serving config) uses too

@@ -20,8 +20,11 @@ from typing import Any
 
 import torch
 
-from workers.engine import AsyncEngine, EngineConfig, GenerationRequest, build_engine
-from workers.model import MoETransformer
+from workers.engine.async_engine import AsyncEngine
+from workers.engine.builder import build_engine
+from workers.engine.config import EngineConfig
+from workers.engine.request import GenerationRequest
+from workers.model.transformer import MoETransformer
 
 
 @dataclass(frozen=True)

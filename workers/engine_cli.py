@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from workers.engine import EngineConfig, torch_thread
+from workers.engine.async_engine import torch_thread
+from workers.engine.config import EngineConfig
 from workers.engine_bench import caching_gain, parse_range, random_workload, run_engine
-from workers.model import MoETransformer
+from workers.model.transformer import MoETransformer
 
 
 def _say(message: str) -> None:

@@ -20,8 +20,11 @@ import torch
 
 from workers.bench import DTYPES
 from workers.generation import generate
-from workers.model import MoETransformer, from_preset, load_checkpoint, preset, read_args
-from workers.model.presets import runnable_preset
+from workers.model.checkpoint import load_checkpoint
+from workers.model.hf_config import read_args
+from workers.model.loading import from_preset
+from workers.model.presets import preset, runnable_preset
+from workers.model.transformer import MoETransformer
 from workers.sampling import GREEDY, SamplingParams
 from workers.tokenizer import Tokenizer, load_tokenizer
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.model import MoETransformer
+from workers.model.transformer import MoETransformer
 from workers.sampling import GREEDY, SamplingParams, select_next
 
 

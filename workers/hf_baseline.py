@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from workers.model import MoETransformer, save_checkpoint
+from workers.model.checkpoint import save_checkpoint
+from workers.model.transformer import MoETransformer
 
 
 def load_hf_twin(model: MoETransformer) -> Any:

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from workers.model import ModelArgs
+from workers.model.args import ModelArgs
 
 
 def expected_experts_hit(args: ModelArgs, batch_size: int) -> float:

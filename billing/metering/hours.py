@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
-from billing.db import UtcDateTime
+from persistence.columns import UtcDateTime
 
 HOUR = timedelta(hours=1)
 

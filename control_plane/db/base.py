@@ -8,10 +8,7 @@ from typing import Annotated, Any, ClassVar
 from sqlalchemy import JSON, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 
-from billing.db import NAMING, UtcDateTime
-
-__all__ = ["NAMING", "Base", "UtcDateTime"]
-
+from persistence.columns import NAMING, UtcDateTime
 
 Id = Annotated[str, mapped_column(String(32), primary_key=True)]
 Timestamp = Annotated[datetime, mapped_column(UtcDateTime())]

@@ -11,9 +11,8 @@ from typing import Any
 
 from control_plane.settings import WorkerDefaults
 from deploy.workload_types import workload_type
-from workers.engine import EngineConfig
-from workers.model import ModelSource
-from workers.serve import AutoscalingSettings, WorkerAppConfig
+from workers.model.source import ModelSource
+from workers.serve.config import AutoscalingSettings, WorkerAppConfig
 
 # Concurrent requests each workload size promises (the upper end of Databricks' ranges).
 WORKLOAD_CONCURRENCY = {"Small": 4, "Medium": 16, "Large": 64}
@@ -81,9 +80,7 @@ def worker_config(entity: dict[str, Any], defaults: WorkerDefaults) -> WorkerApp
         num_replicas=replicas,
         autoscaling=scaling,
         max_ongoing_requests=defaults.max_ongoing_requests,
-        engine=EngineConfig(
-            kv_cache_tokens=defaults.kv_cache_tokens, max_num_seqs=defaults.max_num_seqs
-        ),
+        engine=defaults.engine,
         cpus_per_shard=defaults.cpus_per_shard,
         threads_per_shard=defaults.threads_per_shard,
         environment_vars=entity["environment_vars"] or {},

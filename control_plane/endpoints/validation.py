@@ -21,7 +21,7 @@ from control_plane.errors import InvalidParameter
 from control_plane.registry import ResolvedModel
 from control_plane.settings import SHARED_PREFIX, WorkerDefaults
 from deploy.workload_types import WORKLOAD_TYPES
-from workers.serve import WorkerAppConfig
+from workers.serve.config import WorkerAppConfig
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 MAX_SERVED_ENTITIES = 10

@@ -19,10 +19,10 @@ from typing import Any
 
 from billing.ledger import InferencePayload, UsageLedger, UsageRow
 from control_plane.gateway.metrics import GatewayMetrics
-from control_plane.gateway.ratelimit import RateLimiter, Reservation
+from control_plane.gateway.ratelimit.limiter import RateLimiter, Reservation
 from control_plane.gateway.targets import QueryTarget
 from control_plane.ids import utcnow
-from workers.engine import Usage
+from workers.engine.request import Usage
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # the client went away mid-response (nginx's convention)

@@ -19,7 +19,7 @@ from control_plane.gateway.protocol import Body, ChatBody, CompletionBody, Embed
 from control_plane.gateway.runtime import Gateway
 from control_plane.gateway.shapes import Choice, GenKind, embeddings_response, full_response
 from control_plane.gateway.sse import AccountedStream, sse_events
-from workers.engine import Usage
+from workers.engine.request import Usage
 
 Entity = dict[str, Any]
 

@@ -25,7 +25,7 @@ from control_plane.errors import BadRequest, TemporarilyUnavailable
 from control_plane.gateway.metrics import GatewayMetrics
 from control_plane.settings import Settings
 from deploy.providers.base import AppNotFound, AppPhase, AppStatus, Provider
-from workers.engine import Completion, TokenChunk, aggregate
+from workers.engine.request import Completion, TokenChunk, aggregate
 
 log = logging.getLogger(__name__)
 Entity = dict[str, Any]  # a served entity of an endpoint's stored config

@@ -18,18 +18,18 @@ from control_plane.db.models import Endpoint
 from control_plane.errors import RequestLimitExceeded, TemporarilyUnavailable
 from control_plane.gateway.dispatch import Dispatcher
 from control_plane.gateway.metrics import GatewayMetrics
-from control_plane.gateway.ratelimit import (
+from control_plane.gateway.ratelimit import build_rate_limiter
+from control_plane.gateway.ratelimit.limiter import (
     RateLimited,
     RateLimiter,
     RateLimiterUnavailable,
     Reservation,
-    build_rate_limiter,
 )
 from control_plane.gateway.targets import QueryTarget, QueryTargets
 from control_plane.ids import utcnow
 from control_plane.settings import Settings
 from deploy.providers.base import Provider
-from workers.model import ModelSource
+from workers.model.source import ModelSource
 from workers.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)

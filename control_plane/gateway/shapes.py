@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from workers.engine import TokenLogprob, Usage
+from workers.engine.request import TokenLogprob, Usage
 
 TextOf = Callable[[int], str]  # token id -> its text
 GenKind = Literal["chat", "completion"]

@@ -16,7 +16,7 @@ from control_plane.gateway.accounting import CLIENT_CLOSED, Accepted
 from control_plane.gateway.protocol import ChatBody, CompletionBody
 from control_plane.gateway.runtime import Gateway
 from control_plane.gateway.shapes import Choice, GenKind, error_chunk, stream_chunk, usage_chunk
-from workers.engine import TokenChunk
+from workers.engine.request import TokenChunk
 
 Entity = dict[str, Any]
 log = logging.getLogger(__name__)

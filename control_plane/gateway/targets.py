@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.auth import Caller, Level, authenticate
 from control_plane.db.models import Endpoint, Principal
 from control_plane.endpoints.service import EndpointService
-from control_plane.gateway.ratelimit import LimitRule, rules_for
+from control_plane.gateway.ratelimit.rules import LimitRule, rules_for
 from control_plane.settings import WorkerDefaults
 
 _MAX_ENTRIES = 10_000

@@ -24,7 +24,8 @@ from ray.serve.context import _get_global_client
 from ray.serve.schema import ApplicationDetails, ApplicationStatus, DeploymentDetails
 
 from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
-from workers.serve import WorkerAppConfig, build_app
+from workers.serve.app import build_app
+from workers.serve.config import WorkerAppConfig
 from workers.serve.server import EngineFactory
 
 LOG_TAIL_LINES = 200
@@ -56,7 +57,7 @@ class LocalRayProvider:
         engine_factory: EngineFactory | None = None,
     ) -> None:
         """`engine_factory` replaces the model engine in every replica (benchmarks of the
-        serving path use `workers.engine.instant`); None: the real engine."""
+        serving path use `workers.testing.instant`); None: the real engine."""
         self.address = address
         self.engine_factory = engine_factory
         self.num_cpus = num_cpus

@@ -18,7 +18,7 @@ import torch
 
 from bench.gpu_bench import bench_model_args, main, parse_args
 from bench.gpu_models import build_hf, build_random_on_device, moeserve_from_hf, resident_bytes
-from workers.model import ModelArgs
+from workers.model.args import ModelArgs
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = shlex.split(

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from deploy.providers.base import AppPhase, AppSpec, AppStatus, UnsupportedCapacity
-from workers.serve import WorkerAppConfig
+from workers.serve.config import WorkerAppConfig
 
 
 class InstantProvider:

@@ -24,7 +24,7 @@ from tests.control_plane.conftest import (
     make_settings,
     wait_for,
 )
-from workers.engine.instant import instant_engine_factory
+from workers.testing.instant import instant_engine_factory
 
 
 @contextmanager

@@ -13,11 +13,8 @@ import pytest
 import redis
 
 from control_plane.auth.caller import Caller
-from control_plane.gateway.ratelimit import (
-    LimitRule,
-    RateLimited,
-    RateLimiter,
-)
+from control_plane.gateway.ratelimit.limiter import RateLimited, RateLimiter
+from control_plane.gateway.ratelimit.rules import LimitRule
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Factory = Callable[[], RateLimiter]

@@ -54,7 +54,10 @@ def test_moeserve_run_prints_a_token_and_a_curl_command_that_works_and_stops_on_
     the same database adopts the app (same name) instead of loading the model again. With
     the local Ray that `moeserve run` starts itself, the apps end with that Ray instead."""
     port = free_port()
-    env = {"MOESERVE_WORKERS__KV_CACHE_TOKENS": "2048", "MOESERVE_RECONCILE_INTERVAL_S": "0.5"}
+    env = {
+        "MOESERVE_WORKERS__ENGINE__KV_CACHE_TOKENS": "2048",
+        "MOESERVE_RECONCILE_INTERVAL_S": "0.5",
+    }
     try:
         with moeserve_run(tmp_path, port, env, ready_line=r"^Ctrl-C stops moeserve") as server:
             output = server.output()

@@ -20,7 +20,7 @@ from control_plane.gateway.shapes import (
     embeddings_response,
     usage_chunk,
 )
-from workers.engine import GenerationRequest, TokenLogprob, Usage
+from workers.engine.request import GenerationRequest, TokenLogprob, Usage
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

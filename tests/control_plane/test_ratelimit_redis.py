@@ -12,15 +12,11 @@ from typing import Any
 
 import pytest
 
-from control_plane.gateway.ratelimit import (
-    LimitRule,
-    RateLimited,
-    RateLimiter,
-    RateLimiterUnavailable,
-    build_rate_limiter,
-)
-from control_plane.gateway.ratelimit_memory import InProcessRateLimiter
-from control_plane.gateway.ratelimit_redis import RedisRateLimiter
+from control_plane.gateway.ratelimit import build_rate_limiter
+from control_plane.gateway.ratelimit.in_process import InProcessRateLimiter
+from control_plane.gateway.ratelimit.limiter import RateLimited, RateLimiter, RateLimiterUnavailable
+from control_plane.gateway.ratelimit.redis_counters import RedisRateLimiter
+from control_plane.gateway.ratelimit.rules import LimitRule
 from tests.control_plane.ratelimit_support import (
     REDIS_URL,
     redis_or_fail,

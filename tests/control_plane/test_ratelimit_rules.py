@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.gateway.ratelimit import (
-    LimitRule,
-    rules_for,
-)
+from control_plane.gateway.ratelimit.rules import LimitRule, rules_for
 from tests.control_plane.ratelimit_support import (
     make_caller,
 )

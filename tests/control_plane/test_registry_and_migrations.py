@@ -13,7 +13,9 @@ from billing.schema import METADATA as BILLING_METADATA
 from control_plane.db import build_engine, upgrade
 from control_plane.db.models import Base
 from tests.control_plane.conftest import LiveServer
-from workers.model import build_random, preset, save_checkpoint
+from workers.model.checkpoint import save_checkpoint
+from workers.model.loading import build_random
+from workers.model.presets import preset
 
 
 def tiny_checkpoint(path: Path, family: str = "dbrx-tiny") -> Path:

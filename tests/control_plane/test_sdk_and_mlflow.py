@@ -52,7 +52,10 @@ from control_plane.settings import GatewaySettings, WorkerDefaults
 from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer, live_server, make_settings
 from tests.control_plane.conftest import wait_for as wait_until
 from tests.control_plane.query_fixtures import usage_rows
-from workers.model import build_random, preset, save_checkpoint
+from workers.engine.config import EngineConfig
+from workers.model.checkpoint import save_checkpoint
+from workers.model.loading import build_random
+from workers.model.presets import preset
 
 MODEL = "tiny-chat"
 CREATE_TIMEOUT_S = 120
@@ -84,7 +87,7 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     settings = make_settings(
         f"sqlite:///{root / 'moeserve.db'}",
         root,
-        workers=WorkerDefaults(kv_cache_tokens=2048),
+        workers=WorkerDefaults(engine=EngineConfig(kv_cache_tokens=2048)),
         shared_endpoints=[],  # nothing to deploy but what the tests create
         retire_grace_s=0.5,
         gateway=GatewaySettings(lookup_cache_ttl_s=0.5),

@@ -11,18 +11,12 @@ from dataclasses import dataclass
 import pytest
 import ray
 
-from deploy import (
-    AppNotFound,
-    AppPhase,
-    AppSpec,
-    AppStatus,
-    LocalRayProvider,
-    UnsupportedCapacity,
-)
-from deploy.providers.local import LOG_TAIL_LINES, summarize_failure
-from workers.engine import EngineConfig, TokenChunk
-from workers.model import ModelSource
-from workers.serve import WorkerAppConfig
+from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
+from deploy.providers.local import LOG_TAIL_LINES, LocalRayProvider, summarize_failure
+from workers.engine.config import EngineConfig
+from workers.engine.request import TokenChunk
+from workers.model.source import ModelSource
+from workers.serve.config import WorkerAppConfig
 
 PREFIX = f"test-deploy-{uuid.uuid4().hex[:6]}-"
 TINY = ModelSource(preset="dbrx-tiny", seed=1)

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from tests.workers.engine.conftest import greedy, random_prompts, run_to_end, tokens_of
-from workers.engine import AsyncEngine, EngineConfig, build_engine
+from workers.engine.async_engine import AsyncEngine
+from workers.engine.builder import build_engine
+from workers.engine.config import EngineConfig
 from workers.generation import generate
-from workers.model import build_random, preset
+from workers.model.loading import build_random
+from workers.model.presets import preset
 
 pytestmark = pytest.mark.gpu
 ARGS = preset("dbrx-tiny").args.replace(d_model=256, n_heads=8, n_kv_heads=2, head_dim=32)

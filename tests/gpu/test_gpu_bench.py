@@ -14,7 +14,7 @@ import torch
 
 from bench.gpu_bench import bench_model_args, main, parse_args
 from bench.gpu_models import build_hf, build_random_on_device, moeserve_from_hf
-from workers.model import ModelArgs
+from workers.model.args import ModelArgs
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from workers.generation import generate
-from workers.model import build_random, load_checkpoint, preset, save_checkpoint
+from workers.model.checkpoint import load_checkpoint, save_checkpoint
+from workers.model.loading import build_random
+from workers.model.presets import preset
 
 pytestmark = pytest.mark.gpu
 ARGS = preset("dbrx-tiny").args.replace(d_model=256, n_heads=8, n_kv_heads=2, head_dim=32)

@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.workers.hf_reference import RefShape, save_hf
-from workers.model import CheckpointError, build_random, load_checkpoint, save_checkpoint
+from workers.model.checkpoint import load_checkpoint, save_checkpoint
+from workers.model.hf_config import CheckpointError
+from workers.model.loading import build_random
 from workers.model.presets import preset
 
 SMALL = preset("dbrx-tiny").args.replace(vocab_size=256, d_model=64, head_dim=16)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.model import build_random, preset, save_checkpoint
+from workers.model.checkpoint import save_checkpoint
+from workers.model.loading import build_random
+from workers.model.presets import preset
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,8 @@ import torch
 
 from tests.workers.hf_reference import RefShape, hf_greedy, save_hf
 from workers.generation import generate
-from workers.model import MoETransformer, load_checkpoint
+from workers.model.checkpoint import load_checkpoint
+from workers.model.transformer import MoETransformer
 
 SHAPES = [
     RefShape("dbrx", n_heads=4, n_kv_heads=4, n_experts=4, top_k=1, clip_qkv=0.3, norm_p=1.0),

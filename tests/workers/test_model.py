@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.model import build_random, from_preset
 from workers.model.attention_context import attention_mask
 from workers.model.layers import lm_head, vocab_chunks
+from workers.model.loading import build_random, from_preset
 from workers.model.presets import preset
 
 SMALL = preset("dbrx-tiny").args.replace(vocab_size=512)

@@ -9,8 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.model import build_random, prepack_weights, set_weight_packing
-from workers.model.packed import PackedWeights, packing_available
+from workers.model.loading import build_random
+from workers.model.packed import (
+    PackedWeights,
+    packing_available,
+    prepack_weights,
+    set_weight_packing,
+)
 from workers.model.presets import preset
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")

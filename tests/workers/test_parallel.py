@@ -18,9 +18,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from workers.generation import generate
-from workers.model import ModelArgs, MoETransformer, build_random
+from workers.model.args import ModelArgs
+from workers.model.loading import build_random
 from workers.model.presets import preset
-from workers.parallel import ParallelMode, check_shardable, shard_model
+from workers.model.transformer import MoETransformer
+from workers.parallel.modes import ParallelMode, check_shardable
+from workers.parallel.sharding import shard_model
 
 WORLD_SIZE = 2
 FAMILIES = ("dbrx-tiny", "mixtral-tiny")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.model import preset
+from workers.model.presets import preset
 from workers.roofline import decode_bytes_per_step, expected_experts_hit
 
 

@@ -71,7 +71,7 @@ class AsyncEngine:
     ) -> None:
         self.engine = engine
         self._streams: dict[str, _Stream] = {}
-        self._to_add: list[GenerationRequest] = []
+        self._to_add: list[tuple[GenerationRequest, int]] = []  # with their token limits
         self._to_abort: dict[str, asyncio.Future[Usage | None]] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -180,11 +180,11 @@ class AsyncEngine:
         self._check_accepting()
         if request.request_id in self._streams:
             raise ValueError(f"request id {request.request_id!r} is already running")
-        self.engine.validate(request)  # raises ValueError with what to change
+        max_tokens = self.engine.validate(request)  # raises ValueError with what to change
         self.start()
         stream = _Stream(asyncio.Queue(), request.n)
         self._streams[request.request_id] = stream
-        self._to_add.append(request)
+        self._to_add.append((request, max_tokens))
         self._wakeup.set()
         finished = False
         try:
@@ -215,13 +215,10 @@ class AsyncEngine:
 
     # -- the loop -----------------------------------------------------------------------
     def _apply_pending(self) -> None:
-        for request in self._to_add:
+        for request, max_tokens in self._to_add:
             if request.request_id in self._to_abort:
                 continue  # cancelled before it ever ran
-            try:
-                self.engine.add_request(request)
-            except ValueError as exc:
-                self._fail(request.request_id, exc)
+            self.engine.add_validated(request, max_tokens)
         self._to_add.clear()
         for request_id, future in self._to_abort.items():
             usage = self.engine.abort(request_id)

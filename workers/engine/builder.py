@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from workers.engine.config import EngineConfig
 from workers.engine.engine import LLMEngine
 from workers.engine.model_runner import Executor, LocalExecutor
-from workers.engine.scheduler import SchedulerConfig
-from workers.model import ModelArgs, MoETransformer
+from workers.model.args import ModelArgs
+from workers.model.transformer import MoETransformer
 from workers.tokenizer import Tokenizer
-
-
-class EngineConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    block_size: int = Field(default=16, ge=1, le=1024, description="tokens per KV block")
-    kv_cache_tokens: int = Field(
-        default=65536, ge=1, description="KV-cache capacity in tokens, all sequences together"
-    )
-    max_num_seqs: int = Field(default=64, ge=1, description="sequences in one step at most")
-    max_num_batched_tokens: int = Field(
-        default=512, ge=1, description="new tokens in one step (prefill chunks + decodes)"
-    )
-    prefix_caching: bool = Field(default=True, description="reuse KV blocks of equal prefixes")
-
-    @property
-    def num_blocks(self) -> int:
-        return -(-self.kv_cache_tokens // self.block_size)
-
-    def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(
-            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
-        )
 
 
 def build_engine(
@@ -62,6 +38,5 @@ def engine_over(
         max_seq_len=args.max_seq_len,
         eos_token_ids=frozenset(eos),
         tokenizer=tokenizer,
-        scheduler_config=config.scheduler_config(),
-        prefix_caching=config.prefix_caching,
+        config=config,
     )

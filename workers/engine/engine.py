@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workers.engine.block_manager import BlockManager
+from workers.engine.config import EngineConfig
 from workers.engine.detokenizer import IncrementalDetokenizer
 from workers.engine.model_runner import Executor, StepInput
 from workers.engine.paged_attention import SequenceChunk
@@ -23,7 +24,7 @@ from workers.engine.request import (
     token_limit,
 )
 from workers.engine.sampler import SamplingState, new_sampling_state, sample
-from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from workers.engine.scheduler import Scheduler, SchedulerOutput
 from workers.engine.sequence import Sequence
 from workers.tokenizer import Tokenizer
 
@@ -59,17 +60,17 @@ class LLMEngine:
         max_seq_len: int,
         eos_token_ids: frozenset[int] = frozenset(),
         tokenizer: Tokenizer | None = None,
-        scheduler_config: SchedulerConfig | None = None,
-        prefix_caching: bool = True,
+        config: EngineConfig | None = None,
     ) -> None:
         self.executor = executor
         self.max_seq_len = max_seq_len
         self.eos_token_ids = eos_token_ids
         self.tokenizer = tokenizer
+        config = config or EngineConfig()
         self.block_manager = BlockManager(
-            executor.num_blocks, executor.block_size, prefix_caching=prefix_caching
+            executor.num_blocks, executor.block_size, prefix_caching=config.prefix_caching
         )
-        self.scheduler = Scheduler(scheduler_config or SchedulerConfig(), self.block_manager)
+        self.scheduler = Scheduler(config, self.block_manager)
         self._requests: dict[str, _RequestState] = {}
         self._by_seq: dict[int, tuple[_RequestState, _Choice]] = {}
         self.steps = 0
@@ -94,7 +95,11 @@ class LLMEngine:
         return max_tokens
 
     def add_request(self, request: GenerationRequest) -> None:
-        max_tokens = self.validate(request)
+        """Validate `request` and queue it (ValueError says what to change)."""
+        self.add_validated(request, self.validate(request))
+
+    def add_validated(self, request: GenerationRequest, max_tokens: int) -> None:
+        """Queue a request `validate` accepted, with the token limit it returned."""
         stop_ids = frozenset(request.stop_token_ids)
         if not request.ignore_eos:
             stop_ids |= self.eos_token_ids

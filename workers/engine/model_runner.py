@@ -21,7 +21,8 @@ from workers.engine.paged_attention import (
     SequenceChunk,
     build_paged_batch,
 )
-from workers.model import MoETransformer, prepack_weights
+from workers.model.packed import prepack_weights
+from workers.model.transformer import MoETransformer
 
 
 @dataclass(frozen=True)

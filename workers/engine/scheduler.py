@@ -16,17 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from workers.engine.block_manager import BlockManager
+from workers.engine.config import EngineConfig
 from workers.engine.sequence import Sequence, SequenceStatus
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_seqs: int = 64  # sequences in one step
-    max_num_batched_tokens: int = 512  # new tokens in one step (prefill chunks + decodes)
-
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -47,7 +38,7 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
@@ -55,13 +46,10 @@ class Scheduler:
         self.num_preemptions = 0  # since start, for metrics and tests
 
     def add(self, seq: Sequence) -> None:
+        """Queue `seq`; the engine has checked that it fits the whole KV cache (a sequence
+        that never fits would wait forever)."""
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
-        if seq.num_prompt_tokens + seq.max_tokens > capacity:
-            raise ValueError(
-                f"prompt ({seq.num_prompt_tokens}) + max_tokens ({seq.max_tokens}) tokens "
-                f"exceed the whole KV cache ({capacity} tokens); lower max_tokens or "
-                "give the replica a larger KV cache"
-            )
+        assert seq.num_prompt_tokens + seq.max_tokens <= capacity, "validated by the engine"
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 

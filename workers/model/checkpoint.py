@@ -18,36 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from workers.model.args import ModelArgs
-from workers.model.hf_format import (
-    IGNORED_SUFFIXES,
-    CheckpointError,
-    args_from_hf_config,
-    hf_config_from_args,
-    hf_to_internal,
-    internal_to_hf,
-)
+from workers.model.hf_config import CheckpointError, hf_config_from_args, read_args
+from workers.model.hf_format import IGNORED_SUFFIXES, hf_to_internal, internal_to_hf
 from workers.model.transformer import MoETransformer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    config_path = Path(path) / "config.json"
-    try:
-        config: dict[str, Any] = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{config_path} not found: a checkpoint directory needs "
-            "config.json next to its safetensors files"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
-    return config
-
-
-def read_args(path: str | Path) -> ModelArgs:
-    return args_from_hf_config(read_config(path))
 
 
 class _SafetensorsReader:
@@ -194,6 +170,6 @@ def save_checkpoint(
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (root / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    config = hf_config_from_args(args, dtype)
+    config = hf_config_from_args(args, str(dtype).removeprefix("torch."))
     (root / "config.json").write_text(json.dumps(config, indent=2))
     return root

@@ -2,17 +2,15 @@
 
 Tiny presets use the real cl100k vocabulary (100352 rows), so every layer above the model —
 tokenizer, engine, API, billing — runs end to end on a CPU in seconds. Real shapes exist to
-describe checkpoints and size GPUs; their weights come from `load_checkpoint`.
+describe checkpoints and size GPUs; their weights come from `load_checkpoint`. Pure data:
+`workers.model.loading` builds the seeded weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from workers.model.args import ModelArgs
-from workers.model.transformer import MoETransformer
 
 CL100K_VOCAB = 100352  # cl100k_base padded to a multiple of 64, as DBRX does
 CL100K_EOS = 100257
@@ -135,44 +133,7 @@ def runnable_preset(name: str) -> Preset:
         billions = chosen.args.parameter_count() / 1e9
         raise ValueError(
             f"preset {name!r} has real shapes ({billions:.1f} B parameters) and no weights of "
-            "its own: load its checkpoint with workers.model.load_checkpoint(path) "
+            "its own: load its checkpoint with workers.model.checkpoint.load_checkpoint(path) "
             "(on the command line: --checkpoint DIR)"
         )
     return chosen
-
-
-def init_weights(model: MoETransformer, seed: int, std: float = 0.02) -> None:
-    """Deterministic init from `seed`, drawn on the CPU so every device gets the same weights."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                values = torch.ones(param.shape)
-            else:
-                values = torch.empty(param.shape).normal_(0.0, std, generator=generator)
-            param.copy_(values)
-
-
-def build_random(
-    args: ModelArgs,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    std: float = 0.02,
-) -> MoETransformer:
-    """A model of any shape with seeded random weights (benchmarks, tests)."""
-    model = MoETransformer(args).to(device=device, dtype=dtype)
-    init_weights(model, seed, std)
-    return model.eval().requires_grad_(False)
-
-
-def from_preset(
-    name: str,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-) -> MoETransformer:
-    chosen = runnable_preset(name)
-    return build_random(chosen.args, device=device, dtype=dtype, seed=seed)

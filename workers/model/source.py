@@ -1,27 +1,21 @@
 """Where a replica's weights come from: a built-in preset or a checkpoint directory.
 
-A `ModelSource` is plain, validated data, so it travels to Ray actors (every rank of a
-sharded replica loads the same model from it) and maps 1:1 to the serving config.
+A `ModelSource` is plain, validated data (no torch: the control plane builds and checks it),
+so it travels to Ray actors (every rank of a sharded replica loads the same model from it)
+and maps 1:1 to the serving config. `workers.model.loading.load_model` turns it into weights.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.model.args import ModelArgs
-from workers.model.checkpoint import load_checkpoint, read_args
-from workers.model.presets import from_preset, preset, runnable_preset
-from workers.model.transformer import MoETransformer
+from workers.model.hf_config import read_args
+from workers.model.presets import preset, runnable_preset
 
 DTypeName = Literal["fp32", "bf16", "fp16"]
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 class ModelSource(BaseModel):
@@ -60,10 +54,3 @@ class ModelSource(BaseModel):
             return preset(self.preset).tokenizer
         assert self.checkpoint is not None
         return self.checkpoint
-
-    def load(self, device: str | torch.device = "cpu") -> MoETransformer:
-        dtype = TORCH_DTYPES[self.dtype]
-        if self.preset is not None:
-            return from_preset(self.preset, device=device, dtype=dtype, seed=self.seed)
-        assert self.checkpoint is not None
-        return load_checkpoint(self.checkpoint, device=device, dtype=dtype)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from workers.model import ModelArgs
+from workers.model.args import ModelArgs
 from workers.model.moe import MoE, grouped_mm_supported
 from workers.parallel.tensor_parallel import owned_parameter
 

@@ -24,8 +24,10 @@ from ray.util.placement_group import PlacementGroup, get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from workers.engine.model_runner import ModelRunner, StepInput
-from workers.model import ModelSource
-from workers.parallel.sharding import ParallelMode, check_shardable, shard_model
+from workers.model.loading import load_model
+from workers.model.source import ModelSource
+from workers.parallel.modes import ParallelMode, check_shardable
+from workers.parallel.sharding import shard_model
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _load_shard(
     num_blocks: int,
     block_size: int,
 ) -> ModelRunner:
-    model = source.load(device)
+    model = load_model(source, device)
     shard_model(model, mode, rank, world_size)
     return ModelRunner(model, num_blocks=num_blocks, block_size=block_size)
 

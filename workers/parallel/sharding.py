@@ -7,50 +7,14 @@ rank (no gather before sampling).
 
 from __future__ import annotations
 
-import math
-from typing import Literal, get_args
-
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from workers.model import ModelArgs, MoETransformer
+from workers.model.transformer import MoETransformer
 from workers.parallel.expert_parallel import ExpertParallelMoE
+from workers.parallel.modes import ParallelMode, check_shardable
 from workers.parallel.tensor_parallel import TensorParallelAttention, TensorParallelMoE
-
-ParallelMode = Literal["tensor", "expert"]
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _and_list(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-def check_shardable(args: ModelArgs, mode: ParallelMode, world_size: int) -> None:
-    """Raise ValueError, saying what to change, unless `args` splits evenly over
-    `world_size` ranks in `mode`."""
-    if mode not in get_args(ParallelMode):
-        raise ValueError(f"unknown parallel mode {mode!r}; choose 'tensor' or 'expert'")
-    if world_size < 1:
-        raise ValueError(f"world size must be at least 1, got {world_size}")
-    if mode == "tensor":
-        sizes = {
-            "n_heads": args.n_heads,
-            "n_kv_heads": args.n_kv_heads,
-            "ffn_hidden_size": args.ffn_hidden_size,
-        }
-    else:
-        sizes = {"n_experts": args.n_experts}
-    uneven = [f"{name} ({size})" for name, size in sizes.items() if size % world_size]
-    if uneven:
-        choices = _divisors(math.gcd(*sizes.values()))
-        raise ValueError(
-            f"{mode} parallel over {world_size} ranks needs {_and_list(uneven)} "
-            f"divisible by {world_size}; pick a world size from {choices}"
-        )
 
 
 def shard_model(

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
-from workers.model import ModelArgs
+from workers.model.args import ModelArgs
 from workers.model.attention_context import AttentionContext
 from workers.model.layers import Attention
 from workers.model.moe import MoE

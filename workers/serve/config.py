@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.engine import EngineConfig
-from workers.model import ModelSource
-from workers.parallel import ParallelMode, check_shardable
+from workers.engine.config import EngineConfig
+from workers.model.source import ModelSource
+from workers.parallel.modes import ParallelMode, check_shardable
 
 
 class AutoscalingSettings(BaseModel):

@@ -2,7 +2,7 @@
 
 `LLMServer` is a plain class (Ray Serve wraps it in `app.py`), so tests can construct it
 directly, with a real engine or an injected one (any `ServingEngine`, e.g. the model-free
-`workers.engine.instant.InstantEngine`). Its step loop runs in the background from the
+`workers.testing.instant.InstantEngine`). Its step loop runs in the background from the
 first request; `generate` streams `TokenChunk`s; when the caller goes away (the handle's
 stream is cancelled) the request is aborted and its KV blocks freed before the next step.
 `complete` aggregates the stream here, so a non-streaming call costs one Ray round trip;
@@ -17,18 +17,12 @@ from typing import Any, Protocol
 
 import torch
 
-from workers.engine import (
-    AsyncEngine,
-    Completion,
-    EmbeddingResult,
-    GenerationRequest,
-    LLMEngine,
-    TokenChunk,
-    aggregate,
-    build_engine,
-    engine_over,
-    torch_thread,
-)
+from workers.engine.async_engine import AsyncEngine, torch_thread
+from workers.engine.builder import build_engine, engine_over
+from workers.engine.embedding import EmbeddingResult
+from workers.engine.engine import LLMEngine
+from workers.engine.request import Completion, GenerationRequest, TokenChunk, aggregate
+from workers.model.loading import load_model
 from workers.serve.config import WorkerAppConfig
 from workers.tokenizer import load_tokenizer
 
@@ -70,7 +64,7 @@ def _build_core_engine(config: WorkerAppConfig) -> LLMEngine:
         torch.set_num_threads(config.threads_per_shard)
     tokenizer = load_tokenizer(config.model.tokenizer_name())
     if config.shards == 1:
-        model = config.model.load(config.device)
+        model = load_model(config.model, config.device)
         return build_engine(model, config.engine, tokenizer=tokenizer)
     from workers.parallel.ray_executor import ShardedExecutor  # needs a Ray worker
 

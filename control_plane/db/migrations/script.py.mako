@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import control_plane.db.base
+import persistence.columns
 
 ${imports if imports else ""}
 revision = ${repr(up_revision)}

@@ -3,8 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.engine import EngineConfig, GenerationRequest, LLMEngine, TokenChunk, build_engine
-from workers.model import MoETransformer, from_preset
+from workers.engine.builder import build_engine
+from workers.engine.config import EngineConfig
+from workers.engine.engine import LLMEngine
+from workers.engine.request import GenerationRequest, TokenChunk
+from workers.model.loading import from_preset
+from workers.model.transformer import MoETransformer
 from workers.tokenizer import Tokenizer, load_tokenizer
 
 

@@ -14,15 +14,10 @@ from tests.workers.engine.conftest import (
     small_engine,
     tokens_of,
 )
-from workers.engine import (
-    AsyncEngine,
-    EngineDeadError,
-    EngineDrainingError,
-    GenerationRequest,
-    StepInput,
-    TokenChunk,
-)
-from workers.model import MoETransformer
+from workers.engine.async_engine import AsyncEngine, EngineDeadError, EngineDrainingError
+from workers.engine.model_runner import StepInput
+from workers.engine.request import GenerationRequest, TokenChunk
+from workers.model.transformer import MoETransformer
 
 
 async def collect(engine: AsyncEngine, request: GenerationRequest) -> list[TokenChunk]:
@@ -138,7 +133,7 @@ class _BrokenExecutor:
 
 
 def test_a_failed_step_fails_requests_and_health_checks() -> None:
-    from workers.engine import LLMEngine
+    from workers.engine.engine import LLMEngine
 
     engine = AsyncEngine(LLMEngine(_BrokenExecutor(), max_seq_len=128))
 
@@ -154,8 +149,9 @@ def test_a_failed_step_fails_requests_and_health_checks() -> None:
 def test_close_releases_the_executor_on_the_torch_thread(tiny_model: MoETransformer) -> None:
     import threading
 
-    from workers.engine import LocalExecutor, engine_over
-    from workers.engine.builder import EngineConfig
+    from workers.engine.builder import engine_over
+    from workers.engine.config import EngineConfig
+    from workers.engine.model_runner import LocalExecutor
 
     released_on: list[str] = []
 

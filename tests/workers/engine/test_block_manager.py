@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.engine import block_manager as bm_module
+import workers.engine.block_manager as bm_module
 from workers.engine.block_manager import BlockManager
 from workers.engine.sequence import Sequence
 

@@ -13,10 +13,11 @@ from tests.workers.engine.conftest import (
     small_engine,
     tokens_of,
 )
-from workers.engine import GenerationRequest, build_engine
-from workers.engine.builder import EngineConfig
+from workers.engine.builder import build_engine
+from workers.engine.config import EngineConfig
+from workers.engine.request import GenerationRequest
 from workers.generation import generate
-from workers.model import MoETransformer
+from workers.model.transformer import MoETransformer
 from workers.tokenizer import Tokenizer
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-
 from workers.engine.block_manager import BlockManager
-from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from workers.engine.config import EngineConfig
+from workers.engine.scheduler import Scheduler, SchedulerOutput
 from workers.engine.sequence import Sequence, SequenceStatus
 
 
 def make(num_blocks: int = 64, block_size: int = 4, **config: int) -> Scheduler:
-    return Scheduler(SchedulerConfig(**config), BlockManager(num_blocks, block_size))
+    engine_config = EngineConfig.model_validate(config)
+    return Scheduler(engine_config, BlockManager(num_blocks, block_size))
 
 
 def run_step(scheduler: Scheduler, token: int = 1) -> SchedulerOutput:
@@ -80,9 +80,3 @@ def test_out_of_blocks_preempts_the_newest_which_later_resumes() -> None:
     assert old.output_token_ids == [7, 8, 9, 9]
     assert new.output_token_ids == [7, 9, 9, 9] and new.num_preemptions == 1
     assert scheduler.block_manager.num_free_blocks == 3
-
-
-def test_requests_larger_than_the_whole_cache_are_refused() -> None:
-    scheduler = make(num_blocks=2, block_size=4)
-    with pytest.raises(ValueError, match="larger KV cache"):
-        scheduler.add(Sequence([1] * 6, max_tokens=3))

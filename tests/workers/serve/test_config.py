@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from workers.model import ModelSource
-from workers.serve import AutoscalingSettings, WorkerAppConfig, deployment_options
+from workers.model.source import ModelSource
+from workers.serve.app import deployment_options
+from workers.serve.config import AutoscalingSettings, WorkerAppConfig
 
 TINY = ModelSource(preset="dbrx-tiny")
 

@@ -12,9 +12,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from tests.workers.engine.conftest import greedy, random_prompts, run_to_end, tokens_of
-from workers.engine import EngineConfig, GenerationRequest, TokenChunk, build_engine
-from workers.model import ModelSource
-from workers.serve import AutoscalingSettings, WorkerAppConfig, build_app
+from workers.engine.builder import build_engine
+from workers.engine.config import EngineConfig
+from workers.engine.request import GenerationRequest, TokenChunk
+from workers.model.loading import load_model
+from workers.model.source import ModelSource
+from workers.serve.app import build_app
+from workers.serve.config import AutoscalingSettings, WorkerAppConfig
 
 TINY = ModelSource(preset="dbrx-tiny", seed=5)
 ENGINE = EngineConfig(block_size=8, kv_cache_tokens=8192)
@@ -85,7 +89,7 @@ def test_cancelling_mid_stream_returns_kv_blocks_to_idle(handle: DeploymentHandl
 def test_many_concurrent_streams_share_one_replica(handle: DeploymentHandle) -> None:
     prompts = random_prompts([5 + 3 * i for i in range(24)], seed=2)
     requests = [greedy(p, 10 + i, f"c{i}") for i, p in enumerate(prompts)]
-    expected = run_to_end(build_engine(TINY.load(), ENGINE), requests)
+    expected = run_to_end(build_engine(load_model(TINY), ENGINE), requests)
 
     async def consume(i: int) -> list[int]:
         tokens: list[int] = []
@@ -118,7 +122,7 @@ def test_sharded_replica_through_serve_gives_the_same_greedy_tokens(
 ) -> None:
     prompts = random_prompts([7, 19], seed=3)
     requests = [greedy(p, 12, f"s{i}") for i, p in enumerate(prompts)]
-    expected = run_to_end(build_engine(TINY.load(), ENGINE), requests)
+    expected = run_to_end(build_engine(load_model(TINY), ENGINE), requests)
     config = WorkerAppConfig(
         name=f"tiny-{mode}", model=TINY, engine=ENGINE, shards=2, parallel_mode=mode
     )

@@ -7,9 +7,12 @@ import asyncio
 import pytest
 
 from tests.workers.engine.conftest import greedy, small_engine, tokens_of
-from workers.engine import AsyncEngine, EngineDeadError
-from workers.model import ModelSource, MoETransformer
-from workers.serve import LLMServer, WorkerAppConfig
+from workers.engine.async_engine import AsyncEngine, EngineDeadError
+from workers.model.loading import load_model
+from workers.model.source import ModelSource
+from workers.model.transformer import MoETransformer
+from workers.serve.config import WorkerAppConfig
+from workers.serve.server import LLMServer
 
 # Ray Serve awaits `async def __del__` itself at shutdown; when the garbage collector later
 # calls it again outside Serve, Python warns that the coroutine was never awaited.
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__':Ru
 
 @pytest.fixture(scope="module")
 def model() -> MoETransformer:
-    return ModelSource(preset="dbrx-tiny").load()
+    return load_model(ModelSource(preset="dbrx-tiny"))
 
 
 def test_replica_streams_reports_stats_and_drains_on_shutdown(model: MoETransformer) -> None:

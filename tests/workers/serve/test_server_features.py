@@ -11,18 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from tests.workers.engine.conftest import greedy, random_prompts, run_to_end, tokens_of
-from workers.engine import (
-    AsyncEngine,
-    EngineConfig,
-    GenerationRequest,
-    LLMEngine,
-    StepInput,
-    Usage,
-    aggregate,
-    build_engine,
-)
-from workers.model import ModelSource, MoETransformer
-from workers.serve import LLMServer, WorkerAppConfig
+from workers.engine.async_engine import AsyncEngine
+from workers.engine.builder import build_engine
+from workers.engine.config import EngineConfig
+from workers.engine.engine import LLMEngine
+from workers.engine.model_runner import StepInput
+from workers.engine.request import GenerationRequest, Usage, aggregate
+from workers.model.loading import load_model
+from workers.model.source import ModelSource
+from workers.model.transformer import MoETransformer
+from workers.serve.config import WorkerAppConfig
+from workers.serve.server import LLMServer
 from workers.tokenizer import load_tokenizer
 
 # Ray Serve awaits `async def __del__` itself at shutdown; when the garbage collector later
@@ -34,7 +33,7 @@ CONFIG = WorkerAppConfig(model=ModelSource(preset="dbrx-tiny"))
 
 @pytest.fixture(scope="module")
 def model() -> MoETransformer:
-    return ModelSource(preset="dbrx-tiny").load()
+    return load_model(ModelSource(preset="dbrx-tiny"))
 
 
 def core_engine(model: MoETransformer) -> LLMEngine:

@@ -16,9 +16,12 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tests.workers.engine.conftest import greedy, random_prompts, run_to_end, tokens_of
-from workers.engine import EngineConfig, LocalExecutor, StepInput, build_engine, engine_over
+from workers.engine.builder import build_engine, engine_over
+from workers.engine.config import EngineConfig
+from workers.engine.model_runner import LocalExecutor, StepInput
 from workers.engine.paged_attention import SequenceChunk
-from workers.model import ModelSource
+from workers.model.loading import load_model
+from workers.model.source import ModelSource
 
 SOURCE = ModelSource(preset="dbrx-tiny", seed=3)
 PROMPTS = random_prompts([11, 4, 23], seed=11)
@@ -62,7 +65,7 @@ class ShardedProbe:
 
 @pytest.mark.parametrize("mode", ["tensor", "expert"])
 def test_two_rank_replica_matches_the_unsharded_model(ray_cluster: None, mode: str) -> None:
-    model = SOURCE.load()
+    model = load_model(SOURCE)
     reference = build_engine(model, CONFIG)
     expected_tokens = [tokens_of(run_to_end(reference, [greedy(p, 16, "r")])["r"]) for p in PROMPTS]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import control_plane.db.base
+from persistence.columns import UtcDateTime
 
 revision = "0001"
 down_revision = None
@@ -24,7 +24,7 @@ def upgrade() -> None:
         "accounts",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=255), nullable=False),
-        sa.Column("created_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
     )
     op.create_table(
@@ -44,8 +44,8 @@ def upgrade() -> None:
         sa.Column("gpus_per_replica", sa.Integer(), nullable=False),
         sa.Column("provisioned_chunks", sa.Integer(), nullable=False),
         sa.Column("scale_to_zero_enabled", sa.Boolean(), nullable=False),
-        sa.Column("started_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("ended_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", UtcDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", UtcDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_capacity_timeline")),
     )
     with op.batch_alter_table("capacity_timeline", schema=None) as batch_op:
@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("account_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=255), nullable=False),
-        sa.Column("created_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name=op.f("fk_workspaces_account_id_accounts")
         ),
@@ -75,14 +75,12 @@ def upgrade() -> None:
         sa.Column("description", sa.String(length=4096), nullable=False),
         sa.Column("task", sa.String(length=64), nullable=True),
         sa.Column("route_optimized", sa.Boolean(), nullable=False),
-        sa.Column("created_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", UtcDateTime(timezone=True), nullable=False),
         sa.Column("config_version", sa.Integer(), nullable=False),
         sa.Column("config", sa.JSON(), nullable=True),
         sa.Column("pending_config", sa.JSON(), nullable=True),
-        sa.Column(
-            "update_started_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("update_started_at", UtcDateTime(timezone=True), nullable=True),
         sa.Column("ready", sa.String(length=16), nullable=False),
         sa.Column("config_update", sa.String(length=32), nullable=False),
         sa.Column("deployments", sa.JSON(), nullable=False),
@@ -90,9 +88,7 @@ def upgrade() -> None:
         sa.Column("rate_limits", sa.JSON(), nullable=True),
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.Column("lease_owner", sa.String(length=64), nullable=True),
-        sa.Column(
-            "lease_expires_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("lease_expires_at", UtcDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name=op.f("fk_endpoints_account_id_accounts")
         ),
@@ -118,7 +114,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("is_workspace_admin", sa.Boolean(), nullable=False),
         sa.Column("is_account_admin", sa.Boolean(), nullable=False),
-        sa.Column("created_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["workspace_id"], ["workspaces.id"], name=op.f("fk_principals_workspace_id_workspaces")
         ),
@@ -136,7 +132,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=4096), nullable=False),
         sa.Column("model_type", sa.String(length=32), nullable=False),
         sa.Column("creator", sa.String(length=255), nullable=False),
-        sa.Column("created_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["workspace_id"],
             ["workspaces.id"],
@@ -195,9 +191,9 @@ def upgrade() -> None:
         sa.Column("principal_id", sa.Integer(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("comment", sa.String(length=1024), nullable=False),
-        sa.Column("created_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", control_plane.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", UtcDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", UtcDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["principal_id"],
             ["principals.id"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import billing.db
+from persistence.columns import ExactNumeric, UtcDateTime
 
 revision = "0004"
 down_revision = "0003"
@@ -27,10 +27,10 @@ def upgrade() -> None:
         sa.Column("period", sa.String(length=7), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("subtotal", billing.db.ExactNumeric(precision=20, scale=2), nullable=False),
-        sa.Column("total", billing.db.ExactNumeric(precision=20, scale=2), nullable=False),
+        sa.Column("subtotal", ExactNumeric(precision=20, scale=2), nullable=False),
+        sa.Column("total", ExactNumeric(precision=20, scale=2), nullable=False),
         sa.Column("rate_card_version", sa.String(length=64), nullable=True),
-        sa.Column("created_at", billing.db.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.Column("stripe_invoice_id", sa.String(length=255), nullable=True),
         sa.PrimaryKeyConstraint("invoice_id", name=op.f("pk_invoices")),
         sa.UniqueConstraint("workspace_id", "period", name=op.f("uq_invoices_workspace_id_period")),
@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("workspace_id", sa.String(length=32), nullable=False),
         sa.Column("customer_id", sa.String(length=255), nullable=False),
         sa.Column("account_id", sa.String(length=32), nullable=False),
-        sa.Column("created_at", billing.db.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("workspace_id", name=op.f("pk_stripe_customers")),
         sa.UniqueConstraint("customer_id", name=op.f("uq_stripe_customers_customer_id")),
     )
@@ -58,11 +58,11 @@ def upgrade() -> None:
         sa.Column("idempotency_key", sa.String(length=255), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", billing.db.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("next_attempt_at", UtcDateTime(timezone=True), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("stripe_object_id", sa.String(length=255), nullable=True),
-        sa.Column("created_at", billing.db.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("delivered_at", billing.db.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", UtcDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stripe_outbox")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_stripe_outbox_idempotency_key")),
     )
@@ -77,7 +77,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(length=255), nullable=False),
         sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("object_id", sa.String(length=255), nullable=True),
-        sa.Column("received_at", billing.db.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", UtcDateTime(timezone=True), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_stripe_webhook_events")),
     )
@@ -88,13 +88,15 @@ def upgrade() -> None:
         sa.Column("workspace_id", sa.String(length=32), nullable=True),
         sa.Column("sku_name", sa.String(length=128), nullable=False),
         sa.Column("cloud", sa.String(length=16), nullable=False),
-        sa.Column("usage_start_time", billing.db.UtcDateTime(timezone=True), nullable=False),
-        sa.Column("usage_end_time", billing.db.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("usage_start_time", UtcDateTime(timezone=True), nullable=False),
+        sa.Column("usage_end_time", UtcDateTime(timezone=True), nullable=False),
         sa.Column("usage_date", sa.Date(), nullable=False),
         sa.Column("custom_tags", sa.JSON(), nullable=False),
         sa.Column("usage_unit", sa.String(length=8), nullable=False),
         sa.Column(
-            "usage_quantity", billing.db.ExactNumeric(precision=38, scale=18), nullable=False
+            "usage_quantity",
+            ExactNumeric(precision=38, scale=18),
+            nullable=False,
         ),
         sa.Column("usage_metadata", sa.JSON(), nullable=False),
         sa.Column("identity_metadata", sa.JSON(), nullable=False),
@@ -106,11 +108,15 @@ def upgrade() -> None:
         sa.Column("served_entity_name", sa.String(length=255), nullable=False),
         sa.Column("input_tokens", sa.BigInteger(), nullable=False),
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
-        sa.Column("chunk_seconds", billing.db.ExactNumeric(precision=38, scale=18), nullable=False),
+        sa.Column(
+            "chunk_seconds",
+            ExactNumeric(precision=38, scale=18),
+            nullable=False,
+        ),
         sa.Column("launches", sa.Integer(), nullable=False),
         sa.Column("rate_card_version", sa.String(length=64), nullable=False),
         sa.Column("corrects", sa.String(length=64), nullable=True),
-        sa.Column("created_at", billing.db.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("record_id", name=op.f("pk_usage_records")),
     )
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
@@ -136,11 +142,13 @@ def upgrade() -> None:
         sa.Column("endpoint_id", sa.String(length=32), nullable=False),
         sa.Column("endpoint_name", sa.String(length=63), nullable=False),
         sa.Column("usage_type", sa.String(length=16), nullable=False),
-        sa.Column("dbu", billing.db.ExactNumeric(precision=38, scale=18), nullable=False),
+        sa.Column("dbu", ExactNumeric(precision=38, scale=18), nullable=False),
         sa.Column(
-            "dollars_per_dbu", billing.db.ExactNumeric(precision=20, scale=6), nullable=False
+            "dollars_per_dbu",
+            ExactNumeric(precision=20, scale=6),
+            nullable=False,
         ),
-        sa.Column("amount", billing.db.ExactNumeric(precision=20, scale=2), nullable=False),
+        sa.Column("amount", ExactNumeric(precision=20, scale=2), nullable=False),
         sa.ForeignKeyConstraint(
             ["invoice_id"],
             ["invoices.invoice_id"],

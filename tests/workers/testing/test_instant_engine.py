@@ -7,18 +7,17 @@ import math
 
 import pytest
 
-from workers.engine import (
-    EngineDrainingError,
-    GenerationRequest,
+from workers.engine.async_engine import EngineDrainingError
+from workers.engine.request import GenerationRequest, TokenChunk, Usage, aggregate
+from workers.model.source import ModelSource
+from workers.serve.config import WorkerAppConfig
+from workers.serve.server import LLMServer
+from workers.testing.instant import (
+    TOKEN_DELAY_ENV,
+    TOKENS_ENV,
     InstantEngine,
-    TokenChunk,
-    Usage,
-    aggregate,
     instant_engine_factory,
 )
-from workers.engine.instant import TOKEN_DELAY_ENV, TOKENS_ENV
-from workers.model import ModelSource
-from workers.serve import LLMServer, WorkerAppConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__':RuntimeWarning")
 

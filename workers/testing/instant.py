@@ -25,7 +25,6 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
 
 from workers.engine.async_engine import EngineDrainingError
 from workers.engine.embedding import EmbeddingResult, check_embedding_inputs
@@ -37,9 +36,7 @@ from workers.engine.request import (
     Usage,
     token_limit,
 )
-
-if TYPE_CHECKING:  # the engine package never imports the serving layer at run time
-    from workers.serve.config import WorkerAppConfig
+from workers.serve.config import WorkerAppConfig
 
 TOKENS_ENV = "MOESERVE_INSTANT_TOKENS"
 TOKEN_DELAY_ENV = "MOESERVE_INSTANT_TOKEN_DELAY_S"

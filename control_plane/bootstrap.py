@@ -117,6 +117,7 @@ def _ensure_shared_endpoints(
                 creator=admin.name,
                 pending_config=config,
                 now=now,
+                task=shared.task,
                 description=f"Platform pay-per-token endpoint serving {shared.entity_name}",
             )
         )

@@ -127,6 +127,7 @@ def _announce(server: Any, app: Any, settings: Settings) -> None:
 
 def _wait_ready(plane: Any, name: str, server: Any) -> None:
     from control_plane.db.models import Endpoint
+    from control_plane.endpoints.states import ConfigUpdate, Ready
 
     started = time.monotonic()
     last = ""
@@ -137,16 +138,15 @@ def _wait_ready(plane: Any, name: str, server: Any) -> None:
             ).first()
         if endpoint is None:
             return
-        states = sorted({d.get("deployment", "") for d in endpoint.deployments.values()})
-        line = f"{endpoint.ready}/{endpoint.config_update} {' '.join(s for s in states if s)}"
+        states = endpoint.deployments.states.values()
+        words = " ".join(sorted({state.deployment for state in states}))
+        line = f"{endpoint.ready}/{endpoint.config_update} {words}"
         elapsed = time.monotonic() - started
-        if endpoint.ready == "READY":
+        if endpoint.ready == Ready.READY:
             print(f"{name}: READY ({elapsed:.1f} s)", flush=True)
             return
-        if endpoint.config_update == "UPDATE_FAILED":
-            messages = "; ".join(
-                d.get("deployment_state_message", "") for d in endpoint.deployments.values()
-            )
+        if endpoint.config_update == ConfigUpdate.UPDATE_FAILED:
+            messages = "; ".join(state.deployment_state_message for state in states)
             print(f"{name}: FAILED: {messages}", file=sys.stderr, flush=True)
             return
         if line != last:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime
+from typing import overload
 
 
 def new_id() -> str:
@@ -21,6 +22,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def to_millis(moment: datetime) -> int: ...
+@overload
+def to_millis(moment: None) -> None: ...
 def to_millis(moment: datetime | None) -> int | None:
     """Databricks timestamps: integer milliseconds since the epoch."""
     if moment is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,14 +31,30 @@ class ResolvedModel:
     source: ModelSource
     builtin: bool
 
-    def public(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "model_type": self.family,
-            "source": self.source.checkpoint or f"preset:{self.name}",
-            "builtin": self.builtin,
-        }
+    def public(self) -> ModelPublic:
+        return ModelPublic(
+            name=self.name,
+            version=self.version,
+            model_type=self.family,
+            source=self.source.checkpoint or f"preset:{self.name}",
+            builtin=self.builtin,
+        )
+
+
+class ModelPublic(BaseModel):
+    """A model one can serve: a built-in preset or a registered checkpoint."""
+
+    name: str
+    version: str
+    model_type: str = Field(description="the model family: dbrx or mixtral")
+    source: str = Field(description="the checkpoint directory, or preset:<name>")
+    builtin: bool
+    creator: str | None = None
+    creation_timestamp: int | None = Field(default=None, description="epoch milliseconds")
+
+
+class ModelList(BaseModel):
+    models: list[ModelPublic]
 
 
 def builtin_models() -> list[ResolvedModel]:
@@ -120,22 +137,24 @@ def register(
     return record
 
 
-def public_record(record: RegisteredModel) -> dict[str, object]:
-    return {
-        "name": record.name,
-        "version": record.version,
-        "model_type": record.model_type,
-        "source": record.source,
-        "builtin": False,
-        "creator": record.creator,
-        "creation_timestamp": to_millis(record.created_at),
-    }
+def public_record(record: RegisteredModel) -> ModelPublic:
+    return ModelPublic(
+        name=record.name,
+        version=record.version,
+        model_type=record.model_type,
+        source=record.source,
+        builtin=False,
+        creator=record.creator,
+        creation_timestamp=to_millis(record.created_at),
+    )
 
 
-def list_models(session: Session, workspace_id: str) -> list[dict[str, object]]:
+def list_models(session: Session, workspace_id: str) -> ModelList:
     records = session.scalars(
         select(RegisteredModel)
         .where(RegisteredModel.workspace_id == workspace_id)
         .order_by(RegisteredModel.name, RegisteredModel.version)
     ).all()
-    return [m.public() for m in builtin_models()] + [public_record(r) for r in records]
+    return ModelList(
+        models=[m.public() for m in builtin_models()] + [public_record(r) for r in records]
+    )

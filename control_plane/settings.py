@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from control_plane.endpoints.config import Task
 from workers.engine.config import EngineConfig
 
 SHARED_PREFIX = "databricks-"
@@ -29,6 +30,7 @@ class SharedEndpoint(BaseModel):
     entity_version: str = "1"
     workload_size: Literal["Small", "Medium", "Large"] = "Small"
     scale_to_zero_enabled: bool = False
+    task: Task = Field(default=Task.CHAT, description="what the endpoint answers")
 
     @field_validator("name")
     @classmethod

@@ -4,6 +4,7 @@
 - `ExactNumeric`: decimals that read back exactly on both backends.
 - `PydanticJson`: a JSON column that stores a pydantic model (or a list or dict of them)
   and reads back as the model, validated, so stored documents are typed end to end.
+- `EnumText`: a string enum stored as its value, read back as the member.
 """
 
 from __future__ import annotations
@@ -102,3 +103,21 @@ class PydanticJson(TypeDecorator[Any]):
 
     def coerce_compared_value(self, op: Any, value: Any) -> TypeEngine[Any]:
         return JSON()
+
+
+class EnumText(TypeDecorator[Any]):
+    """A string enum (`enum.StrEnum`) stored as its value in a VARCHAR column: reads back as
+    the enum member, and a value the enum does not know fails loudly on the way in or out."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_type: Any, length: int) -> None:
+        super().__init__(length)
+        self.enum_type = enum_type
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.enum_type(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.enum_type(value)

@@ -4,14 +4,17 @@ announce; answering (rather than 404) keeps the SDK from warning on every client
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 router = APIRouter(tags=["discovery"])
 
 
-@router.get("/.well-known/databricks-config", response_model=dict[str, Any])
-def databricks_config() -> dict[str, Any]:
+class HostMetadata(BaseModel):
+    oidc_endpoint: str = ""
+
+
+@router.get("/.well-known/databricks-config", response_model=HostMetadata)
+def databricks_config() -> HostMetadata:
     # No workspace or account id: one unauthenticated answer cannot match every token.
-    return {"oidc_endpoint": ""}
+    return HostMetadata()

@@ -6,77 +6,91 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from control_plane.api.deps import CallerDep, EndpointsDep, PlaneDep, SessionDep
 from control_plane.auth import Level
+from control_plane.db.models import Endpoint
+from control_plane.endpoints.config import ServedEntity
 from control_plane.endpoints.metrics import endpoint_metrics
 from control_plane.endpoints.openapi import query_openapi
 from control_plane.errors import NotFound
 from control_plane.registry import resolve
 
 router = APIRouter(prefix="/api/2.0/serving-endpoints", tags=["serving-endpoints"])
-Json = dict[str, Any]
+PROMETHEUS_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}}
+}
 
 
-@router.get("/get-model-optimization-info/{model}/{version}", response_model=Json)
+class ModelOptimizationInfo(BaseModel):
+    optimizable: bool
+    throughput_chunk_size: int = Field(description="tokens/s one provisioned chunk buys")
+    model_type: str
+
+
+class ServerLogs(BaseModel):
+    logs: str
+
+
+@router.get("/get-model-optimization-info/{model}/{version}", response_model=ModelOptimizationInfo)
 def model_optimization_info(
     model: str, version: str, session: SessionDep, caller: CallerDep, plane: PlaneDep
-) -> Json:
+) -> ModelOptimizationInfo:
     """The throughput chunk size comes from the rate card in force (`billing/ratecards/`)."""
     resolved = resolve(session, caller.workspace_id, model, version)
-    return {
-        "optimizable": True,
-        "throughput_chunk_size": plane.chunk_size(resolved.family, resolved.name, resolved.version),
-        "model_type": resolved.family,
-    }
+    return ModelOptimizationInfo(
+        optimizable=True,
+        throughput_chunk_size=plane.chunk_size(resolved.family, resolved.name, resolved.version),
+        model_type=resolved.family,
+    )
 
 
-@router.get("/{name}/metrics", response_class=PlainTextResponse)
+@router.get("/{name}/metrics", response_class=PlainTextResponse, responses=PROMETHEUS_TEXT)
 def metrics(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> str:
     endpoint, _ = endpoints.by_name(name)
-    names = [e["app_name"] for e in (endpoint.config or {}).get("served_entities", [])]
+    names = endpoint.config.app_names if endpoint.config is not None else set()
     text = endpoint_metrics(endpoint, {n: plane.provider.status(n) for n in names})
     if plane.gateway is not None:  # this process's query metrics of the endpoint
         text += plane.gateway.metrics.endpoint_text(endpoint.name)
     return text
 
 
-@router.get("/{name}/openapi", response_model=Json)
-def openapi(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> Json:
+@router.get("/{name}/openapi", response_model=dict[str, Any])
+def openapi(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the endpoint's query interface."""
     endpoint, _ = endpoints.by_name(name, Level.CAN_QUERY)
     return query_openapi(endpoint.name, plane.settings.base_url())
 
 
-def _served_entity(endpoint_config: Any, served: str, endpoint_name: str) -> dict[str, Any]:
-    for config in endpoint_config:
-        for entity in (config or {}).get("served_entities", []):
-            if entity["name"] == served:
-                return dict(entity)
-    raise NotFound(f"endpoint {endpoint_name!r} serves no entity named {served!r}")
+def _served_entity(endpoint: Endpoint, served: str) -> ServedEntity:
+    for config in (endpoint.config, endpoint.pending_config):
+        entity = config.entity(served) if config is not None else None
+        if entity is not None:
+            return entity
+    raise NotFound(f"endpoint {endpoint.name!r} serves no entity named {served!r}")
 
 
-@router.get("/{name}/served-models/{served}/logs", response_model=Json)
-def logs(name: str, served: str, endpoints: EndpointsDep, plane: PlaneDep) -> Json:
+@router.get("/{name}/served-models/{served}/logs", response_model=ServerLogs)
+def logs(name: str, served: str, endpoints: EndpointsDep, plane: PlaneDep) -> ServerLogs:
     endpoint, _ = endpoints.by_name(name, Level.CAN_MANAGE)
-    entity = _served_entity((endpoint.config, endpoint.pending_config), served, name)
-    return {"logs": plane.provider.logs(entity["app_name"])}
+    entity = _served_entity(endpoint, served)
+    return ServerLogs(logs=plane.provider.logs(entity.app_name))
 
 
-@router.get("/{name}/served-models/{served}/build-logs", response_model=Json)
-def build_logs(name: str, served: str, endpoints: EndpointsDep) -> Json:
+@router.get("/{name}/served-models/{served}/build-logs", response_model=ServerLogs)
+def build_logs(name: str, served: str, endpoints: EndpointsDep) -> ServerLogs:
     """There is no image build: the log says what the deployment was built from and its
     last state."""
     endpoint, _ = endpoints.by_name(name, Level.CAN_MANAGE)
-    entity = _served_entity((endpoint.config, endpoint.pending_config), served, name)
-    state = endpoint.deployments.get(entity["app_name"], {})
-    source = entity["model_source"]
+    entity = _served_entity(endpoint, served)
+    state = endpoint.deployments.state(entity.app_name)
+    source = entity.model_source
     lines = [
-        f"served entity {served}: {entity['entity_name']} version {entity['entity_version']}",
-        f"weights: {source.get('checkpoint') or 'preset ' + str(source.get('preset'))}",
-        f"workload: {entity['workload_type']}, replicas "
-        f"{entity['min_replicas']}..{entity['max_replicas']}",
-        f"Serve application: {entity['app_name']}",
-        f"state: {state.get('deployment', 'DEPLOYMENT_CREATING')} "
-        f"{state.get('deployment_state_message', '')}".rstrip(),
+        f"served entity {served}: {entity.entity_name} version {entity.entity_version}",
+        f"weights: {source.checkpoint or 'preset ' + str(source.preset)}",
+        f"workload: {entity.workload_type}, replicas {entity.min_replicas}..{entity.max_replicas}",
+        f"Serve application: {entity.app_name}",
+        f"state: {state.deployment} {state.deployment_state_message}".rstrip(),
     ]
-    return {"logs": "\n".join(lines) + "\n"}
+    return ServerLogs(logs="\n".join(lines) + "\n")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.api.deps import CallerDep, SessionDep
-from control_plane.registry import list_models, public_record, register
+from control_plane.registry import ModelList, ModelPublic, list_models, public_record, register
 
 router = APIRouter(prefix="/api/2.0/models", tags=["models"])
-Json = dict[str, Any]
 
 
 class RegisterModel(BaseModel):
@@ -21,8 +18,8 @@ class RegisterModel(BaseModel):
     source: str = Field(min_length=1, description="a Hugging Face checkpoint directory")
 
 
-@router.post("", response_model=Json)
-def register_model(body: RegisterModel, session: SessionDep, caller: CallerDep) -> Json:
+@router.post("", response_model=ModelPublic, response_model_exclude_none=True)
+def register_model(body: RegisterModel, session: SessionDep, caller: CallerDep) -> ModelPublic:
     record = register(
         session, caller.workspace_id, caller.name, body.name, body.version, body.source
     )
@@ -31,6 +28,6 @@ def register_model(body: RegisterModel, session: SessionDep, caller: CallerDep) 
     return view
 
 
-@router.get("", response_model=Json)
-def get_models(session: SessionDep, caller: CallerDep) -> Json:
-    return {"models": list_models(session, caller.workspace_id)}
+@router.get("", response_model=ModelList, response_model_exclude_none=True)
+def get_models(session: SessionDep, caller: CallerDep) -> ModelList:
+    return list_models(session, caller.workspace_id)

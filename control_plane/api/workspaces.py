@@ -3,8 +3,6 @@ groups). Each new user or service principal gets an initial token, shown once.""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -18,7 +16,6 @@ from control_plane.errors import AlreadyExists, InvalidParameter, NotFound, Perm
 from control_plane.ids import new_workspace_id, utcnow
 
 router = APIRouter(prefix="/api/2.0/workspaces", tags=["workspaces"])
-Json = dict[str, Any]
 PrincipalName = Field(min_length=1, max_length=255)
 
 
@@ -45,6 +42,30 @@ class CreateGroup(BaseModel):
     members: list[str] = Field(default_factory=list, description="user or service principal names")
 
 
+class WorkspacePublic(BaseModel):
+    workspace_id: str
+    name: str
+
+
+class WorkspaceList(BaseModel):
+    workspaces: list[WorkspacePublic]
+
+
+class CreatedUser(BaseModel):
+    user_name: str
+    token_value: str = Field(description="the user's first token: shown once")
+
+
+class CreatedServicePrincipal(BaseModel):
+    service_principal_name: str
+    token_value: str = Field(description="the service principal's first token: shown once")
+
+
+class CreatedGroup(BaseModel):
+    group_name: str
+    members: list[str]
+
+
 def _require_account_admin(caller: Caller) -> None:
     if not caller.is_account_admin:
         raise PermissionDenied("only account admins manage workspaces")
@@ -64,8 +85,10 @@ def _workspace_for_admin(session: Session, caller: Caller, workspace_id: str) ->
     return workspace
 
 
-@router.post("", response_model=Json)
-def create_workspace(body: CreateWorkspace, session: SessionDep, caller: CallerDep) -> Json:
+@router.post("", response_model=WorkspacePublic)
+def create_workspace(
+    body: CreateWorkspace, session: SessionDep, caller: CallerDep
+) -> WorkspacePublic:
     _require_account_admin(caller)
     workspace = Workspace(
         id=new_workspace_id(), account_id=caller.account_id, name=body.name, created_at=utcnow()
@@ -75,16 +98,16 @@ def create_workspace(body: CreateWorkspace, session: SessionDep, caller: CallerD
         session.commit()
     except IntegrityError:
         raise AlreadyExists(f"workspace {body.name!r} already exists") from None
-    return {"workspace_id": workspace.id, "name": workspace.name}
+    return WorkspacePublic(workspace_id=workspace.id, name=workspace.name)
 
 
-@router.get("", response_model=Json)
-def list_workspaces(session: SessionDep, caller: CallerDep) -> Json:
+@router.get("", response_model=WorkspaceList)
+def list_workspaces(session: SessionDep, caller: CallerDep) -> WorkspaceList:
     _require_account_admin(caller)
     rows = session.scalars(
         select(Workspace).where(Workspace.account_id == caller.account_id).order_by(Workspace.name)
     ).all()
-    return {"workspaces": [{"workspace_id": w.id, "name": w.name} for w in rows]}
+    return WorkspaceList(workspaces=[WorkspacePublic(workspace_id=w.id, name=w.name) for w in rows])
 
 
 def _add_principal(
@@ -107,32 +130,32 @@ def _add_principal(
     return principal
 
 
-@router.post("/{workspace_id}/users", response_model=Json)
+@router.post("/{workspace_id}/users", response_model=CreatedUser)
 def create_user(
     workspace_id: str, body: CreateUser, session: SessionDep, caller: CallerDep
-) -> Json:
+) -> CreatedUser:
     workspace = _workspace_for_admin(session, caller, workspace_id)
     user = _add_principal(session, workspace, "user", body.user_name, admin=body.admin)
     token = issue_token(session, user, comment="initial token")
     session.commit()
-    return {"user_name": user.name, "token_value": token.value}
+    return CreatedUser(user_name=user.name, token_value=token.value)
 
 
-@router.post("/{workspace_id}/service-principals", response_model=Json)
+@router.post("/{workspace_id}/service-principals", response_model=CreatedServicePrincipal)
 def create_service_principal(
     workspace_id: str, body: CreateServicePrincipal, session: SessionDep, caller: CallerDep
-) -> Json:
+) -> CreatedServicePrincipal:
     workspace = _workspace_for_admin(session, caller, workspace_id)
     principal = _add_principal(session, workspace, "service_principal", body.name, admin=body.admin)
     token = issue_token(session, principal, comment="initial token")
     session.commit()
-    return {"service_principal_name": principal.name, "token_value": token.value}
+    return CreatedServicePrincipal(service_principal_name=principal.name, token_value=token.value)
 
 
-@router.post("/{workspace_id}/groups", response_model=Json)
+@router.post("/{workspace_id}/groups", response_model=CreatedGroup)
 def create_group(
     workspace_id: str, body: CreateGroup, session: SessionDep, caller: CallerDep
-) -> Json:
+) -> CreatedGroup:
     workspace = _workspace_for_admin(session, caller, workspace_id)
     members = session.scalars(
         select(Principal).where(
@@ -147,4 +170,4 @@ def create_group(
     group = _add_principal(session, workspace, "group", body.group_name, admin=False)
     session.add_all(GroupMember(group_id=group.id, member_id=m.id) for m in members)
     session.commit()
-    return {"group_name": group.name, "members": sorted(m.name for m in members)}
+    return CreatedGroup(group_name=group.name, members=sorted(m.name for m in members))

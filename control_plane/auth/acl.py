@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from control_plane.db.models import Endpoint, EndpointPermission, Principal
+from control_plane.endpoints.schemas import AccessControlEntry, PermissionLevel
 from control_plane.errors import InvalidParameter
 
 # ACL entry field -> principal kind
@@ -18,7 +18,27 @@ _NAME_FIELDS = {
 }
 
 
-def acl_view(session: Session, endpoint: Endpoint) -> dict[str, Any]:
+class Permission(BaseModel):
+    permission_level: PermissionLevel
+    inherited: bool = False
+
+
+class AccessControlResponse(BaseModel):
+    user_name: str | None = None
+    group_name: str | None = None
+    service_principal_name: str | None = None
+    all_permissions: list[Permission]
+
+
+class EndpointPermissions(BaseModel):
+    """Databricks `ServingEndpointPermissions`: the direct grants on one endpoint."""
+
+    object_id: str
+    object_type: str = "serving-endpoint"
+    access_control_list: list[AccessControlResponse]
+
+
+def acl_view(session: Session, endpoint: Endpoint) -> EndpointPermissions:
     rows = session.execute(
         select(EndpointPermission.level, Principal)
         .join(Principal, Principal.id == EndpointPermission.principal_id)
@@ -29,19 +49,16 @@ def acl_view(session: Session, endpoint: Endpoint) -> dict[str, Any]:
     for level, principal in rows:
         field = next(f for f, kind in _NAME_FIELDS.items() if kind == principal.kind)
         entries.append(
-            {
-                field: principal.name,
-                "all_permissions": [{"permission_level": level, "inherited": False}],
-            }
+            AccessControlResponse.model_validate(
+                {field: principal.name, "all_permissions": [Permission(permission_level=level)]}
+            )
         )
-    return {
-        "object_id": f"/serving-endpoints/{endpoint.id}",
-        "object_type": "serving-endpoint",
-        "access_control_list": entries,
-    }
+    return EndpointPermissions(
+        object_id=f"/serving-endpoints/{endpoint.id}", access_control_list=entries
+    )
 
 
-def _principal(session: Session, workspace_id: str, entry: Any) -> Principal:
+def _principal(session: Session, workspace_id: str, entry: AccessControlEntry) -> Principal:
     given = [(f, getattr(entry, f)) for f in _NAME_FIELDS if getattr(entry, f)]
     if len(given) != 1:
         raise InvalidParameter(
@@ -61,7 +78,9 @@ def _principal(session: Session, workspace_id: str, entry: Any) -> Principal:
     return principal
 
 
-def set_acl(session: Session, endpoint: Endpoint, entries: list[Any], *, replace: bool) -> None:
+def set_acl(
+    session: Session, endpoint: Endpoint, entries: list[AccessControlEntry], *, replace: bool
+) -> None:
     """PUT replaces every direct grant; PATCH updates the named principals only."""
     if endpoint.workspace_id is None:
         raise InvalidParameter(

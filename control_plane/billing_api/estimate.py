@@ -57,9 +57,9 @@ def estimate(
         card = plane.rate_cards.at(start)
     except UnknownRate as exc:
         raise InvalidParameter(f"no prices for start_time {start_time}: {exc}") from None
-    entity = endpoint.config["served_entities"][0]  # the priced model: the first entity's
-    family = context.family_of(entity["entity_name"], entity["entity_version"])
-    throughput = card.throughput(family, entity["entity_name"], entity["entity_version"])
+    entity = endpoint.config.served_entities[0]  # the priced model: the first entity's
+    family = entity.model_family
+    throughput = card.throughput(family, entity.entity_name, entity.entity_version)
     comparison = compare_modes(
         _hourly_tokens(session, scope, endpoint_name, start, end),
         int((end - start).total_seconds()),

@@ -54,7 +54,7 @@ def metering_context(
         with sessions() as session:
             endpoint = session.get(Endpoint, endpoint_id)
             tags = endpoint.tags if endpoint is not None else []
-        return {tag["key"]: tag.get("value", "") for tag in tags}
+        return {tag.key: tag.value or "" for tag in tags}
 
     return MeteringContext(
         cloud=settings.cloud,

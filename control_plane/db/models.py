@@ -1,15 +1,21 @@
-"""The control plane's tables: tenancy, tokens, the model registry, endpoints, the capacity
-timeline. Alembic (`control_plane/db/migrations`) owns the schema; these are its source."""
+"""The control plane's tables: tenancy, tokens, the model registry, endpoints and their
+permissions. An endpoint's documents (config, state, AI gateway, tags) are stored through
+typed columns that read back as the pydantic models of `control_plane.endpoints`. Alembic
+(`control_plane/db/migrations`) owns the schema; these are its source. Billing's tables
+(usage ledger, capacity timeline, records, invoices) live in `billing`."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control_plane.db.base import Base, Id, Name, Timestamp
+from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
+from control_plane.endpoints.config import EndpointConfig, EndpointTag, Task
+from control_plane.endpoints.states import ConfigUpdate, Deployments, Ready
+from persistence.columns import EnumText, PydanticJson
 
 
 class Account(Base):
@@ -99,21 +105,22 @@ class Endpoint(Base):
     name: Mapped[str] = mapped_column(String(63))
     creator: Mapped[Name]
     description: Mapped[str] = mapped_column(String(4096), default="")
-    task: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[Task] = mapped_column(EnumText(Task, 64))
     route_optimized: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
     config_version: Mapped[int] = mapped_column(Integer, default=0)
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    pending_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    config: Mapped[EndpointConfig | None] = mapped_column(PydanticJson(EndpointConfig))
+    pending_config: Mapped[EndpointConfig | None] = mapped_column(PydanticJson(EndpointConfig))
     update_started_at: Mapped[datetime | None]
-    ready: Mapped[str] = mapped_column(String(16), default="NOT_READY")
-    config_update: Mapped[str] = mapped_column(String(32), default="IN_PROGRESS")
-    # app name -> {"deployment": DEPLOYMENT_*, "deployment_state_message": str}
-    deployments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    ai_gateway: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    rate_limits: Mapped[list[Any] | None] = mapped_column(JSON)
-    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    ready: Mapped[Ready] = mapped_column(EnumText(Ready, 16), default=Ready.NOT_READY)
+    config_update: Mapped[ConfigUpdate] = mapped_column(
+        EnumText(ConfigUpdate, 32), default=ConfigUpdate.IN_PROGRESS
+    )
+    deployments: Mapped[Deployments] = mapped_column(PydanticJson(Deployments), default=Deployments)
+    ai_gateway: Mapped[AiGatewayConfig | None] = mapped_column(PydanticJson(AiGatewayConfig))
+    rate_limits: Mapped[list[RateLimit] | None] = mapped_column(PydanticJson(list[RateLimit]))
+    tags: Mapped[list[EndpointTag]] = mapped_column(PydanticJson(list[EndpointTag]), default=list)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
 

@@ -7,11 +7,10 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from typing import Any
 
+from control_plane.endpoints.config import ServedEntity
 from control_plane.settings import WorkerDefaults
 from deploy.workload_types import workload_type
-from workers.model.source import ModelSource
 from workers.serve.config import AutoscalingSettings, WorkerAppConfig
 
 # Concurrent requests each workload size promises (the upper end of Databricks' ranges).
@@ -41,40 +40,37 @@ def endpoint_id_of_app(app_name: str) -> str | None:
     return endpoint_id if sep else None
 
 
-def app_name(endpoint_id: str, entity: dict[str, Any]) -> str:
-    """Deterministic, and different whenever what the app runs differs: a config update
-    that changes an entity deploys a new app beside the old one; one that does not,
-    keeps it."""
+def app_name(endpoint_id: str, entity: ServedEntity) -> str:
+    """The Serve application that runs `entity` (its own `app_name` aside): deterministic,
+    and different whenever what the app runs differs, so a config update that changes an
+    entity deploys a new app beside the old one, and one that does not keeps it."""
     spec = {
-        key: entity[key]
-        for key in (
-            "model_source",
-            "workload_type",
-            "min_replicas",
-            "max_replicas",
-            "scale_to_zero_enabled",
-            "environment_vars",
-        )
+        "model_source": entity.model_source.model_dump(),
+        "workload_type": entity.workload_type,
+        "min_replicas": entity.min_replicas,
+        "max_replicas": entity.max_replicas,
+        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
+        "environment_vars": entity.environment_vars,
     }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{endpoint_app_prefix(endpoint_id)}{entity['name']}-{digest}"
+    return f"{endpoint_app_prefix(endpoint_id)}{entity.name}-{digest}"
 
 
-def worker_config(entity: dict[str, Any], defaults: WorkerDefaults) -> WorkerAppConfig:
-    shape = workload_type(entity["workload_type"])
+def worker_config(entity: ServedEntity, defaults: WorkerDefaults) -> WorkerAppConfig:
+    shape = workload_type(entity.workload_type)
     scaling: AutoscalingSettings | None = None
-    replicas: int | None = entity["max_replicas"]
-    if entity["scale_to_zero_enabled"] or entity["min_replicas"] != entity["max_replicas"]:
+    replicas: int | None = entity.max_replicas
+    if entity.scale_to_zero_enabled or entity.min_replicas != entity.max_replicas:
         scaling = AutoscalingSettings(
-            min_replicas=entity["min_replicas"],
-            max_replicas=entity["max_replicas"],
+            min_replicas=entity.min_replicas,
+            max_replicas=entity.max_replicas,
             target_ongoing_requests=defaults.concurrency_per_replica,
             downscale_delay_s=defaults.downscale_delay_s,
         )
         replicas = None
     return WorkerAppConfig(
         name="llm",
-        model=ModelSource.model_validate(entity["model_source"]),
+        model=entity.model_source,
         device=shape.device,
         shards=shape.devices_per_replica,
         num_replicas=replicas,
@@ -83,5 +79,5 @@ def worker_config(entity: dict[str, Any], defaults: WorkerDefaults) -> WorkerApp
         engine=defaults.engine,
         cpus_per_shard=defaults.cpus_per_shard,
         threads_per_shard=defaults.threads_per_shard,
-        environment_vars=entity["environment_vars"] or {},
+        environment_vars=entity.environment_vars or {},
     )

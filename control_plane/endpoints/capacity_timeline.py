@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from billing.capacity import CapacityInterval
 from control_plane.db.models import Endpoint
+from control_plane.endpoints.config import ServedEntity
 from deploy.providers.base import AppPhase, AppStatus
 from deploy.workload_types import workload_type
 
@@ -32,18 +33,19 @@ _CAPACITY_FIELDS = (
 )
 
 
-def _capacity(entity: dict[str, Any]) -> dict[str, Any]:
-    shape = workload_type(entity["workload_type"])
+def _capacity(entity: ServedEntity) -> dict[str, Any]:
+    """The interval columns `entity` determines (`_CAPACITY_FIELDS`)."""
+    shape = workload_type(entity.workload_type)
     return {
-        "entity_name": entity["entity_name"],
-        "entity_version": entity["entity_version"],
-        "workload_type": entity["workload_type"],
-        "workload_size": entity["workload_size"],
-        "min_replicas": entity["min_replicas"],
-        "max_replicas": entity["max_replicas"],
+        "entity_name": entity.entity_name,
+        "entity_version": entity.entity_version,
+        "workload_type": entity.workload_type,
+        "workload_size": entity.workload_size,
+        "min_replicas": entity.min_replicas,
+        "max_replicas": entity.max_replicas,
         "gpus_per_replica": shape.devices_per_replica if shape.device == "cuda" else 0,
-        "provisioned_chunks": entity["provisioned_chunks"],
-        "scale_to_zero_enabled": entity["scale_to_zero_enabled"],
+        "provisioned_chunks": entity.provisioned_chunks,
+        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
     }
 
 
@@ -59,7 +61,7 @@ def open_intervals(session: Session, endpoint_id: str) -> list[CapacityInterval]
 
 def record_capacity(session: Session, endpoint: Endpoint, now: datetime) -> None:
     assert endpoint.config is not None
-    wanted = {e["name"]: _capacity(e) for e in endpoint.config["served_entities"]}
+    wanted = {e.name: _capacity(e) for e in endpoint.config.served_entities}
     for interval in open_intervals(session, endpoint.id):
         if wanted.get(interval.served_entity_name) == _held(interval):
             del wanted[interval.served_entity_name]  # unchanged: the interval stays open
@@ -118,9 +120,7 @@ def record_parking(
     if endpoint.config is None:
         return
     scalable = {
-        e["name"]: e["app_name"]
-        for e in endpoint.config["served_entities"]
-        if e["scale_to_zero_enabled"]
+        e.name: e.app_name for e in endpoint.config.served_entities if e.scale_to_zero_enabled
     }
     for interval in open_intervals(session, endpoint.id) if scalable else []:
         app = scalable.get(interval.served_entity_name)

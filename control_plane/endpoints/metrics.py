@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from control_plane.db.models import Endpoint
+from control_plane.endpoints.states import ConfigUpdate, Ready
 from deploy.providers.base import AppStatus
 
 
@@ -13,14 +14,16 @@ def endpoint_metrics(endpoint: Endpoint, apps: dict[str, AppStatus | None]) -> s
     ready = Gauge(
         "moeserve_endpoint_ready", "1 when the endpoint serves", ["endpoint"], registry=registry
     )
-    ready.labels(endpoint.name).set(1 if endpoint.ready == "READY" else 0)
+    ready.labels(endpoint.name).set(1 if endpoint.ready == Ready.READY else 0)
     updating = Gauge(
         "moeserve_endpoint_config_updating",
         "1 while a config update rolls",
         ["endpoint"],
         registry=registry,
     )
-    updating.labels(endpoint.name).set(1 if endpoint.config_update == "IN_PROGRESS" else 0)
+    updating.labels(endpoint.name).set(
+        1 if endpoint.config_update == ConfigUpdate.IN_PROGRESS else 0
+    )
     version = Gauge(
         "moeserve_endpoint_config_version", "live config version", ["endpoint"], registry=registry
     )
@@ -37,9 +40,9 @@ def endpoint_metrics(endpoint: Endpoint, apps: dict[str, AppStatus | None]) -> s
         ["endpoint", "served_entity"],
         registry=registry,
     )
-    for entity in (endpoint.config or {}).get("served_entities", []):
-        status = apps.get(entity["app_name"])
-        labels = (endpoint.name, entity["name"])
+    for entity in endpoint.config.served_entities if endpoint.config is not None else []:
+        status = apps.get(entity.app_name)
+        labels = (endpoint.name, entity.name)
         replicas.labels(*labels).set(status.running_replicas if status else 0)
-        wanted.labels(*labels).set(entity["max_replicas"])
+        wanted.labels(*labels).set(entity.max_replicas)
     return generate_latest(registry).decode()

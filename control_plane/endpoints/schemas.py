@@ -1,16 +1,19 @@
 """Request bodies of the management API (Databricks Model Serving 2.0 shapes).
 
 Unknown fields are ignored, as the Databricks service does, so newer SDKs keep working;
-legacy `served_models` are accepted and mapped onto `served_entities`.
+legacy `served_models` are accepted and mapped onto `served_entities`. The AI-gateway and
+tag shapes are shared with what is stored and shown (`endpoints.ai_gateway`,
+`endpoints.config`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-WorkloadSize = Literal["Small", "Medium", "Large"]
+from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
+from control_plane.endpoints.config import EndpointTag, Task, WorkloadSize
 
 
 class _Input(BaseModel):
@@ -52,7 +55,7 @@ class ServedModelInput(_Input):
         )
 
 
-class Route(_Input):
+class RouteInput(_Input):
     served_entity_name: str | None = None
     served_model_name: str | None = None
     traffic_percentage: int = Field(ge=0, le=100)
@@ -62,54 +65,38 @@ class Route(_Input):
         return self.served_entity_name or self.served_model_name
 
 
-class TrafficConfig(_Input):
-    routes: list[Route] = Field(default_factory=list)
+class TrafficConfigInput(_Input):
+    routes: list[RouteInput] = Field(default_factory=list)
 
 
 class EndpointCoreConfigInput(_Input):
     name: str | None = None
     served_entities: list[ServedEntityInput] | None = None
     served_models: list[ServedModelInput] | None = None
-    traffic_config: TrafficConfig | None = None
+    traffic_config: TrafficConfigInput | None = None
 
     def entities(self) -> list[ServedEntityInput]:
         legacy = [m.as_entity() for m in self.served_models or []]
         return [*(self.served_entities or []), *legacy]
 
 
-class Tag(_Input):
-    key: str = Field(min_length=1, max_length=255)
-    value: str | None = Field(default=None, max_length=255)
-
-
-class RateLimit(_Input):
-    calls: int | None = Field(default=None, ge=0)
-    tokens: int | None = Field(default=None, ge=0)
-    key: Literal["user", "endpoint", "user_group", "service_principal"] = "user"
-    principal: str | None = None
-    renewal_period: Literal["minute"] = "minute"
-
-
-class AiGatewayInput(_Input):
-    rate_limits: list[RateLimit] | None = None
-    usage_tracking_config: dict[str, Any] | None = None
-    inference_table_config: dict[str, Any] | None = None
-    guardrails: dict[str, Any] | None = None
-    fallback_config: dict[str, Any] | None = None
-
-
 class CreateEndpoint(_Input):
     name: str
     config: EndpointCoreConfigInput | None = None
-    ai_gateway: AiGatewayInput | None = None
+    ai_gateway: AiGatewayConfig | None = None
     rate_limits: list[RateLimit] | None = None
-    tags: list[Tag] | None = None
+    tags: list[EndpointTag] | None = None
     description: str | None = Field(default=None, max_length=4096)
     route_optimized: bool = False
+    task: Task = Field(
+        default=Task.CHAT,
+        description="moeserve extension: what the endpoint answers (chat, completions or "
+        "embeddings); queries of another kind are refused",
+    )
 
 
 class PatchTags(_Input):
-    add_tags: list[Tag] = Field(default_factory=list)
+    add_tags: list[EndpointTag] = Field(default_factory=list)
     delete_tags: list[str] = Field(default_factory=list)
 
 
@@ -117,11 +104,14 @@ class PutRateLimits(_Input):
     rate_limits: list[RateLimit] = Field(default_factory=list)
 
 
+PermissionLevel = Literal["CAN_MANAGE", "CAN_QUERY", "CAN_VIEW"]
+
+
 class AccessControlEntry(_Input):
     user_name: str | None = None
     group_name: str | None = None
     service_principal_name: str | None = None
-    permission_level: Literal["CAN_MANAGE", "CAN_QUERY", "CAN_VIEW"]
+    permission_level: PermissionLevel
 
 
 class PermissionsInput(_Input):

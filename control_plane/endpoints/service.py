@@ -9,23 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.auth import Caller, Level, level_of, require
 from control_plane.db.models import Endpoint, EndpointPermission
+from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.capacity import ChunkSize
 from control_plane.endpoints.capacity_timeline import close_intervals
-from control_plane.endpoints.schemas import (
-    AiGatewayInput,
-    CreateEndpoint,
-    EndpointCoreConfigInput,
-    PatchTags,
-    RateLimit,
-)
+from control_plane.endpoints.config import EndpointConfig, EndpointTag, Task
+from control_plane.endpoints.schemas import CreateEndpoint, EndpointCoreConfigInput, PatchTags
+from control_plane.endpoints.states import ConfigUpdate, Deployments, Ready
 from control_plane.endpoints.validation import (
     CapacityCheck,
     check_endpoint_name,
@@ -35,8 +31,6 @@ from control_plane.errors import AlreadyExists, Conflict, NotFound
 from control_plane.ids import new_id, to_millis, utcnow
 from control_plane.registry import resolve
 from control_plane.settings import WorkerDefaults
-
-DEFAULT_TASK = "llm/v1/chat"
 
 
 @dataclass
@@ -48,7 +42,7 @@ class EndpointService:
     chunk_size: ChunkSize
 
     # -- lookups -------------------------------------------------------------------------
-    def visible_query(self) -> Any:
+    def visible_query(self) -> Select[tuple[Endpoint]]:
         return select(Endpoint).where(
             Endpoint.account_id == self.caller.account_id,
             or_(Endpoint.workspace_id == self.caller.workspace_id, Endpoint.workspace_id.is_(None)),
@@ -92,10 +86,11 @@ class EndpointService:
             pending_config=pending,
             now=now,
             description=body.description or "",
+            task=body.task,
             route_optimized=body.route_optimized,
-            ai_gateway=_gateway(body.ai_gateway),
-            rate_limits=_limits(body.rate_limits),
-            tags=[t.model_dump(exclude_none=True) for t in body.tags or []],
+            ai_gateway=body.ai_gateway,
+            rate_limits=body.rate_limits,
+            tags=body.tags or [],
         )
         self.session.add(endpoint)
         try:
@@ -114,19 +109,20 @@ class EndpointService:
 
     def update_config(self, name: str, body: EndpointCoreConfigInput) -> Endpoint:
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
-        if endpoint.config_update == "IN_PROGRESS":
-            rolling = (endpoint.pending_config or {}).get("config_version")
+        if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
+            pending = endpoint.pending_config
+            rolling = pending.config_version if pending is not None else None
             raise Conflict(
                 f"endpoint {name!r} has a config update in progress (version {rolling}); "
                 "wait until state.config_update is NOT_UPDATING"
             )
         version = endpoint.config_version + 1
         if endpoint.pending_config is not None:  # a failed update left it; it is replaced
-            version = max(version, endpoint.pending_config["config_version"] + 1)
+            version = max(version, endpoint.pending_config.config_version + 1)
         endpoint.pending_config = self._normalize(
             body, endpoint.id, version=version, workspace=endpoint.workspace_id is not None
         )
-        endpoint.config_update = "IN_PROGRESS"
+        endpoint.config_update = ConfigUpdate.IN_PROGRESS
         endpoint.update_started_at = endpoint.updated_at = utcnow()
         return endpoint
 
@@ -135,26 +131,24 @@ class EndpointService:
         close_intervals(self.session, endpoint.id, utcnow())
         self.session.delete(endpoint)  # the reconciler removes its Serve apps
 
-    def patch_tags(self, name: str, body: PatchTags) -> list[dict[str, Any]]:
+    def patch_tags(self, name: str, body: PatchTags) -> list[EndpointTag]:
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
         removed = set(body.delete_tags) | {t.key for t in body.add_tags}
-        tags = [t for t in endpoint.tags if t["key"] not in removed]
-        tags += [t.model_dump(exclude_none=True) for t in body.add_tags]
-        endpoint.tags = tags
+        endpoint.tags = [t for t in endpoint.tags if t.key not in removed] + body.add_tags
         endpoint.updated_at = utcnow()
-        return tags
+        return endpoint.tags
 
-    def put_ai_gateway(self, name: str, body: AiGatewayInput) -> dict[str, Any]:
+    def put_ai_gateway(self, name: str, body: AiGatewayConfig) -> AiGatewayConfig:
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
-        endpoint.ai_gateway = _gateway(body) or {}
+        endpoint.ai_gateway = body
         endpoint.updated_at = utcnow()
-        return endpoint.ai_gateway
+        return body
 
-    def put_rate_limits(self, name: str, limits: list[RateLimit]) -> list[dict[str, Any]]:
+    def put_rate_limits(self, name: str, limits: list[RateLimit]) -> list[RateLimit]:
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
-        endpoint.rate_limits = _limits(limits) or []
+        endpoint.rate_limits = limits
         endpoint.updated_at = utcnow()
-        return endpoint.rate_limits
+        return limits
 
     def _normalize(
         self,
@@ -163,7 +157,7 @@ class EndpointService:
         *,
         version: int,
         workspace: bool,
-    ) -> dict[str, Any]:
+    ) -> EndpointConfig:
         workspace_id = self.caller.workspace_id if workspace else None
         return normalize_config(
             config,
@@ -185,13 +179,14 @@ def new_endpoint(
     workspace_id: str | None,
     name: str,
     creator: str,
-    pending_config: dict[str, Any],
+    pending_config: EndpointConfig,
     now: datetime,
+    task: Task,
     description: str = "",
     route_optimized: bool = False,
-    ai_gateway: dict[str, Any] | None = None,
-    rate_limits: list[dict[str, Any]] | None = None,
-    tags: list[dict[str, Any]] | None = None,
+    ai_gateway: AiGatewayConfig | None = None,
+    rate_limits: list[RateLimit] | None = None,
+    tags: list[EndpointTag] | None = None,
 ) -> Endpoint:
     """A new endpoint row: nothing live yet, config version 1 pending, update in progress
     (the reconciler takes it from here). The one place an endpoint's initial state is set."""
@@ -202,7 +197,7 @@ def new_endpoint(
         name=name,
         creator=creator,
         description=description,
-        task=DEFAULT_TASK,
+        task=task,
         route_optimized=route_optimized,
         created_at=now,
         updated_at=now,
@@ -210,18 +205,10 @@ def new_endpoint(
         config=None,
         pending_config=pending_config,
         update_started_at=now,
-        ready="NOT_READY",
-        config_update="IN_PROGRESS",
-        deployments={},
+        ready=Ready.NOT_READY,
+        config_update=ConfigUpdate.IN_PROGRESS,
+        deployments=Deployments(),
         ai_gateway=ai_gateway,
         rate_limits=rate_limits,
         tags=tags or [],
     )
-
-
-def _gateway(body: AiGatewayInput | None) -> dict[str, Any] | None:
-    return None if body is None else body.model_dump(exclude_none=True)
-
-
-def _limits(limits: list[RateLimit] | None) -> list[dict[str, Any]] | None:
-    return None if limits is None else [r.model_dump(exclude_none=True) for r in limits]

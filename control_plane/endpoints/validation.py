@@ -16,6 +16,7 @@ from control_plane.endpoints.capacity import (
     replicas_for_size,
     worker_config,
 )
+from control_plane.endpoints.config import EndpointConfig, Route, ServedEntity, TrafficConfig
 from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
 from control_plane.errors import InvalidParameter
 from control_plane.registry import ResolvedModel
@@ -53,7 +54,7 @@ def normalize_config(
     check_capacity: CapacityCheck,
     defaults: WorkerDefaults,
     chunk_size: ChunkSize,
-) -> dict[str, Any]:
+) -> EndpointConfig:
     if config is None:
         raise InvalidParameter("config is required: give config.served_entities")
     entities = config.entities()
@@ -64,35 +65,36 @@ def normalize_config(
             f"an endpoint serves at most {MAX_SERVED_ENTITIES} entities; got {len(entities)}"
         )
     served = [
-        _normalize_entity(e, creator, now_ms, resolve_model, check_capacity, defaults, chunk_size)
+        _normalize_entity(
+            e, endpoint_id, creator, now_ms, resolve_model, check_capacity, defaults, chunk_size
+        )
         for e in entities
     ]
-    names = [e["name"] for e in served]
+    names = [e.name for e in served]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidParameter(
             f"served entity names must be unique; repeated: {', '.join(duplicates)} "
             "(set `name` on each served entity)"
         )
-    for entity in served:
-        entity["app_name"] = app_name(endpoint_id, entity)
-    return {
-        "config_version": version,
-        "served_entities": served,
-        "traffic_config": _traffic(config, names),
-        "start_time": now_ms,
-    }
+    return EndpointConfig(
+        config_version=version,
+        served_entities=served,
+        traffic_config=_traffic(config, names),
+        start_time=now_ms,
+    )
 
 
 def _normalize_entity(
     entity: ServedEntityInput,
+    endpoint_id: str,
     creator: str,
     now_ms: int,
     resolve_model: ModelResolver,
     check_capacity: CapacityCheck,
     defaults: WorkerDefaults,
     chunk_size: ChunkSize,
-) -> dict[str, Any]:
+) -> ServedEntity:
     model = resolve_model(entity.entity_name, entity.entity_version or "1")
     name = entity.name or f"{model.name}-{model.version}"
     if not NAME_PATTERN.match(name):
@@ -105,19 +107,21 @@ def _normalize_entity(
             f"served entity {name!r}: unknown workload_type {workload_type!r}; "
             f"choose one of {', '.join(WORKLOAD_TYPES)}"
         )
-    normalized: dict[str, Any] = {
-        "name": name,
-        "entity_name": model.name,
-        "entity_version": model.version,
-        "workload_type": workload_type,
-        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
-        "environment_vars": entity.environment_vars,
-        "creator": creator,
-        "creation_timestamp": now_ms,
-        "model_family": model.family,
-        "model_source": model.source.model_dump(),
-    }
-    normalized.update(_capacity(name, entity, model, defaults, chunk_size))
+    placed = ServedEntity(
+        name=name,
+        entity_name=model.name,
+        entity_version=model.version,
+        workload_type=workload_type,
+        scale_to_zero_enabled=entity.scale_to_zero_enabled,
+        environment_vars=entity.environment_vars,
+        creator=creator,
+        creation_timestamp=now_ms,
+        model_family=model.family,
+        model_source=model.source,
+        app_name="",  # derived from the rest, below
+        **_capacity(name, entity, model, defaults, chunk_size),
+    )
+    normalized = placed.model_copy(update={"app_name": app_name(endpoint_id, placed)})
     try:
         check_capacity(worker_config(normalized, defaults))
     except ValueError as exc:
@@ -175,14 +179,14 @@ def _capacity(
     }
 
 
-def _traffic(config: EndpointCoreConfigInput, names: list[str]) -> dict[str, Any]:
+def _traffic(config: EndpointCoreConfigInput, names: list[str]) -> TrafficConfig:
     if config.traffic_config is None or not config.traffic_config.routes:
         if len(names) > 1:
             raise InvalidParameter(
                 "traffic_config.routes is required when an endpoint serves several entities"
             )
-        return {"routes": [{"served_entity_name": names[0], "traffic_percentage": 100}]}
-    routes: list[dict[str, Any]] = []
+        return TrafficConfig(routes=[Route(served_entity_name=names[0], traffic_percentage=100)])
+    routes: list[Route] = []
     seen: set[str] = set()
     for route in config.traffic_config.routes:
         target = route.target
@@ -194,10 +198,8 @@ def _traffic(config: EndpointCoreConfigInput, names: list[str]) -> dict[str, Any
         if target in seen:
             raise InvalidParameter(f"served entity {target!r} has more than one traffic route")
         seen.add(target)
-        routes.append(
-            {"served_entity_name": target, "traffic_percentage": route.traffic_percentage}
-        )
-    total = sum(int(r["traffic_percentage"]) for r in routes)
+        routes.append(Route(served_entity_name=target, traffic_percentage=route.traffic_percentage))
+    total = sum(r.traffic_percentage for r in routes)
     if total != 100:
         raise InvalidParameter(f"traffic percentages must sum to 100; they sum to {total}")
-    return {"routes": routes}
+    return TrafficConfig(routes=routes)

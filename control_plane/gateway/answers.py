@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from control_plane.endpoints.config import ServedEntity as Entity
 from control_plane.errors import ApiError, TemporarilyUnavailable
 from control_plane.gateway.accounting import CLIENT_CLOSED, Accepted
 from control_plane.gateway.dispatch import ReplicaFailed, Slot
@@ -21,15 +22,13 @@ from control_plane.gateway.shapes import Choice, GenKind, embeddings_response, f
 from control_plane.gateway.sse import AccountedStream, sse_events
 from workers.engine.request import Usage
 
-Entity = dict[str, Any]
-
 
 class EntitiesUnavailable(TemporarilyUnavailable):
     """No candidate entity answered (each failed before its first token, or was full)."""
 
 
 def served_by(entity: Entity) -> dict[str, str]:
-    return {"served-model-name": entity["name"]}
+    return {"served-model-name": entity.name}
 
 
 async def answer(
@@ -55,7 +54,7 @@ async def attempts(
     releases it once the response is complete)."""
     last: Exception | None = None
     for attempt, entity in enumerate(entities):
-        accepted.entity = entity["name"]
+        accepted.entity = entity.name
         try:
             slot = gateway.dispatcher.acquire(accepted.target.endpoint_name, entity)
         except TemporarilyUnavailable as exc:
@@ -70,7 +69,7 @@ async def attempts(
                 slot.release()
                 raise
         if attempt + 1 < len(entities):
-            gateway.metrics.fallbacks.labels(accepted.target.endpoint_name, entity["name"]).inc()
+            gateway.metrics.fallbacks.labels(accepted.target.endpoint_name, entity.name).inc()
     retry_after = getattr(last, "retry_after_s", None) or gateway.settings.gateway.retry_after_s
     if isinstance(last, ApiError) and last.headers:
         retry_after = int(last.headers.get("Retry-After", retry_after))
@@ -97,7 +96,7 @@ async def _complete(
     accepted.on_chunk(result.usage, "".join(c.text for c in choices))
     kind: GenKind = "chat" if isinstance(body, ChatBody) else "completion"
     payload = full_response(
-        kind, accepted.request_id, entity["name"], choices, result.usage, gateway.token_text(entity)
+        kind, accepted.request_id, entity.name, choices, result.usage, gateway.token_text(entity)
     )
     await accepted.finish(200)
     return JSONResponse(payload, headers=served_by(entity))
@@ -117,7 +116,7 @@ async def _embed(
     slot.release()
     accepted.on_chunk(result.usage)
     payload = embeddings_response(
-        entity["name"], result.vectors, result.usage.prompt_tokens, body.encoding_format
+        entity.name, result.vectors, result.usage.prompt_tokens, body.encoding_format
     )
     await accepted.finish(200)
     return JSONResponse(payload, headers=served_by(entity))

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.endpoints.config import ServedEntity as Entity
 from control_plane.errors import BadRequest, TemporarilyUnavailable
 from control_plane.gateway.metrics import GatewayMetrics
 from control_plane.settings import Settings
@@ -28,7 +29,6 @@ from deploy.providers.base import AppNotFound, AppPhase, AppStatus, Provider
 from workers.engine.request import Completion, TokenChunk, aggregate
 
 log = logging.getLogger(__name__)
-Entity = dict[str, Any]  # a served entity of an endpoint's stored config
 
 
 class ReplicaFailed(Exception):
@@ -51,8 +51,8 @@ def classify(exc: BaseException, entity: Entity) -> Exception:
         message = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
         return BadRequest(message.removeprefix("ValueError: "))
     if isinstance(exc, TimeoutError):
-        return ReplicaFailed(f"served entity {entity['name']!r} did not answer in time")
-    return ReplicaFailed(f"served entity {entity['name']!r} failed: {type(exc).__name__}")
+        return ReplicaFailed(f"served entity {entity.name!r} did not answer in time")
+    return ReplicaFailed(f"served entity {entity.name!r} failed: {type(exc).__name__}")
 
 
 class Slot:
@@ -97,28 +97,26 @@ class Dispatcher:
     # -- admission ---------------------------------------------------------------------
     def capacity(self, entity: Entity) -> int:
         per_replica = self._settings.workers.max_ongoing_requests
-        return (
-            int(entity["max_replicas"]) * per_replica + self._settings.gateway.max_queued_requests
-        )
+        return entity.max_replicas * per_replica + self._settings.gateway.max_queued_requests
 
     def acquire(self, endpoint: str, entity: Entity) -> Slot:
         """Take one in-flight place on `entity`, or 503 at once when its queue is full."""
-        app = entity["app_name"]
+        app = entity.app_name
         if self._in_flight[app] >= self.capacity(entity):
-            self._metrics.saturated.labels(endpoint, entity["name"]).inc()
+            self._metrics.saturated.labels(endpoint, entity.name).inc()
             raise TemporarilyUnavailable(
-                f"served entity {entity['name']!r} is saturated "
+                f"served entity {entity.name!r} is saturated "
                 f"({self._in_flight[app]} requests in flight); retry shortly",
                 headers={"Retry-After": str(self._settings.gateway.retry_after_s)},
             )
-        gauge = self._metrics.series(endpoint, entity["name"]).queue_depth
+        gauge = self._metrics.series(endpoint, entity.name).queue_depth
         return Slot(self._in_flight, app, gauge)
 
     def parked(self, entity: Entity) -> bool:
         """Scaled to zero when the reconciler last looked: a query must wake it."""
-        if not entity.get("scale_to_zero_enabled"):
+        if not entity.scale_to_zero_enabled:
             return False
-        status = self._app_statuses().get(entity["app_name"])
+        status = self._app_statuses().get(entity.app_name)
         return status is not None and status.running_replicas == 0
 
     def timeouts(self, entity: Entity, *, parked: bool) -> Timeouts:
@@ -129,7 +127,7 @@ class Dispatcher:
     def _wake(self, endpoint: str, entity: Entity) -> bool:
         parked = self.parked(entity)
         if parked:
-            self._metrics.wakes.labels(endpoint, entity["name"]).inc()
+            self._metrics.wakes.labels(endpoint, entity.name).inc()
         return parked
 
     # -- calls -------------------------------------------------------------------------
@@ -140,19 +138,19 @@ class Dispatcher:
         statuses = self._app_statuses()
         if not statuses:
             return  # no listing in this process (reconciler off, or not ticked yet)
-        status = statuses.get(entity["app_name"])
+        status = statuses.get(entity.app_name)
         if status is None or status.phase == AppPhase.DELETING:
-            raise ReplicaFailed(f"served entity {entity['name']!r} has been retired")
+            raise ReplicaFailed(f"served entity {entity.name!r} has been retired")
 
     async def handle(self, entity: Entity, *, stream: bool = False) -> Any:
         self._check_not_retired(entity)
-        app = entity["app_name"]
+        app = entity.app_name
         pair = self._handles.get(app)
         if pair is None:
             try:  # the first lookup asks the Serve controller: keep it off the event loop
                 handle = await asyncio.to_thread(self._provider.handle, app)
             except AppNotFound as exc:
-                raise ReplicaFailed(f"served entity {entity['name']!r}: {exc}") from None
+                raise ReplicaFailed(f"served entity {entity.name!r}: {exc}") from None
             pair = self._handles.setdefault(app, (handle, handle.options(stream=True)))
         return pair[1] if stream else pair[0]
 
@@ -212,7 +210,7 @@ class Dispatcher:
             self._on_failure(entity, exc)
             if parked and isinstance(exc, TimeoutError):
                 raise WakeTimeout(
-                    f"served entity {entity['name']!r} is scaled to zero and did not wake "
+                    f"served entity {entity.name!r} is scaled to zero and did not wake "
                     f"within {limits.first_chunk_s:g} s; it is starting, retry later",
                     self._settings.gateway.wake_retry_after_s,
                 ) from exc
@@ -236,7 +234,7 @@ class Dispatcher:
                     return
                 except TimeoutError as exc:
                     raise ReplicaFailed(
-                        f"served entity {entity['name']!r} did not finish within {total_s:.0f} s"
+                        f"served entity {entity.name!r} did not finish within {total_s:.0f} s"
                     ) from exc
                 yield chunk
         finally:
@@ -245,5 +243,5 @@ class Dispatcher:
 
     def _on_failure(self, entity: Entity, exc: BaseException) -> None:
         if not isinstance(exc, ValueError):
-            log.warning("served entity %s failed: %r", entity["name"], exc)
-            self.forget(entity["app_name"])  # a fresh handle next time (app may be redeployed)
+            log.warning("served entity %s failed: %r", entity.name, exc)
+            self.forget(entity.app_name)  # a fresh handle next time (app may be redeployed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_plane.endpoints.config import ServedEntity
 from control_plane.gateway.protocol import Body, ChatBody, CompletionBody
 from control_plane.gateway.runtime import Gateway
 
@@ -19,7 +20,7 @@ class PromptIds:
         self._body = body
         self._by_tokenizer: dict[int, list[list[int]]] = {}
 
-    def of(self, entity: dict[str, Any]) -> list[list[int]]:
+    def of(self, entity: ServedEntity) -> list[list[int]]:
         """The body's token ids under `entity`'s tokenizer (one list; embeddings: one per
         input)."""
         tokenizer = self._gateway.tokenizer(entity)

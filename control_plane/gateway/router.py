@@ -32,7 +32,6 @@ from control_plane.gateway.runtime import Gateway
 from control_plane.ids import to_millis
 
 router = APIRouter(prefix="/serving-endpoints", tags=["query"])
-Entity = dict[str, Any]
 
 
 @router.get("/models")
@@ -112,7 +111,7 @@ async def _query(request: Request, kind: Kind | None, name: str | None) -> Any:
         ledger=gateway.ledger,
         limiter=gateway.limiter,
         metrics=gateway.metrics,
-        entity=entities[0]["name"],
+        entity=entities[0].name,
         request_time=gateway.admitted_at(reservation),
         request_payload=json.dumps(raw) if target.inference_table_enabled else None,
     )

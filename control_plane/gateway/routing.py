@@ -8,8 +8,8 @@ and a failure before the first token moves on to the next one — once.
 from __future__ import annotations
 
 import random
-from typing import Any
 
+from control_plane.endpoints.config import EndpointConfig, ServedEntity
 from control_plane.errors import TemporarilyUnavailable
 
 RETRY_AFTER_S = 5
@@ -17,17 +17,15 @@ MAX_ATTEMPTS = 2  # the chosen entity and one fallback
 
 
 def candidates(
-    config: dict[str, Any] | None, endpoint_name: str, *, fallback: bool
-) -> list[dict[str, Any]]:
+    config: EndpointConfig | None, endpoint_name: str, *, fallback: bool
+) -> list[ServedEntity]:
     if config is None:
         raise TemporarilyUnavailable(
             f"endpoint {endpoint_name!r} is not ready yet; retry shortly",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    entities = {e["name"]: e for e in config["served_entities"]}
-    weights = {
-        r["served_entity_name"]: r["traffic_percentage"] for r in config["traffic_config"]["routes"]
-    }
+    entities = {e.name: e for e in config.served_entities}
+    weights = {r.served_entity_name: r.traffic_percentage for r in config.traffic_config.routes}
     live = [name for name, weight in weights.items() if weight > 0]
     if not live:
         raise TemporarilyUnavailable(

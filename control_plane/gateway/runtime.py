@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing.ledger import UsageLedger
 from control_plane.db.models import Endpoint
+from control_plane.endpoints.config import ServedEntity
 from control_plane.errors import RequestLimitExceeded, TemporarilyUnavailable
 from control_plane.gateway.dispatch import Dispatcher
 from control_plane.gateway.metrics import GatewayMetrics
@@ -29,7 +30,6 @@ from control_plane.gateway.targets import QueryTarget, QueryTargets
 from control_plane.ids import utcnow
 from control_plane.settings import Settings
 from deploy.providers.base import Provider
-from workers.model.source import ModelSource
 from workers.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,13 @@ class Gateway:
         await self.limiter.close()
 
     # -- helpers of the query path --------------------------------------------------------
-    def tokenizer(self, entity: dict[str, Any]) -> Any:
-        name = ModelSource.model_validate(entity["model_source"]).tokenizer_name()
+    def tokenizer(self, entity: ServedEntity) -> Any:
+        name = entity.model_source.tokenizer_name()
         if name not in self.tokenizers:
             self.tokenizers[name] = load_tokenizer(name)
         return self.tokenizers[name]
 
-    def token_text(self, entity: dict[str, Any]) -> Any:
+    def token_text(self, entity: ServedEntity) -> Any:
         """token id -> its text under `entity`'s tokenizer (for logprobs)."""
         tokenizer = self.tokenizer(entity)
         return lambda token_id: tokenizer.decode([token_id])
@@ -139,8 +139,8 @@ class Gateway:
         entities = await asyncio.to_thread(self._live_entities)
         statuses = self.app_statuses()
         for endpoint_name, entity in entities:
-            labels = (endpoint_name, entity["name"])
-            status = statuses.get(entity["app_name"])
+            labels = (endpoint_name, entity.name)
+            status = statuses.get(entity.app_name)
             running = status.running_replicas if status else 0
             self.metrics.replicas.labels(*labels).set(running)
             if not running:
@@ -154,12 +154,9 @@ class Gateway:
                 used = total - stats.get("kv_blocks_free", total)
                 self.metrics.kv_usage.labels(*labels).set(used / total)
 
-    def _live_entities(self) -> list[tuple[str, dict[str, Any]]]:
+    def _live_entities(self) -> list[tuple[str, ServedEntity]]:
         with self.sessions() as session:
             rows = session.execute(select(Endpoint.name, Endpoint.config)).all()
         return [
-            (name, entity)
-            for name, config in rows
-            if config
-            for entity in config["served_entities"]
+            (name, entity) for name, config in rows if config for entity in config.served_entities
         ]

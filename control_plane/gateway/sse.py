@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from control_plane.endpoints.config import ServedEntity as Entity
 from control_plane.errors import ApiError
 from control_plane.gateway.accounting import CLIENT_CLOSED, Accepted
 from control_plane.gateway.protocol import ChatBody, CompletionBody
@@ -18,7 +19,6 @@ from control_plane.gateway.runtime import Gateway
 from control_plane.gateway.shapes import Choice, GenKind, error_chunk, stream_chunk, usage_chunk
 from workers.engine.request import TokenChunk
 
-Entity = dict[str, Any]
 log = logging.getLogger(__name__)
 _CLOSING: set[asyncio.Future[None]] = set()  # strong references until each close is done
 
@@ -62,7 +62,7 @@ async def sse_events(
 ) -> AsyncIterator[str]:
     kind: GenKind = "chat" if isinstance(body, ChatBody) else "completion"
     text_of = gateway.token_text(entity)
-    served = entity["name"]
+    served = entity.name
     started: set[int] = set()
     chunk: TokenChunk | None = first
     try:

@@ -12,13 +12,14 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_plane.auth import Caller, Level, authenticate
 from control_plane.db.models import Endpoint, Principal
+from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimitKey
+from control_plane.endpoints.config import EndpointConfig
 from control_plane.endpoints.service import EndpointService
 from control_plane.gateway.ratelimit.rules import LimitRule, rules_for
 from control_plane.settings import WorkerDefaults
@@ -32,21 +33,21 @@ class QueryTarget:
     endpoint_id: str
     endpoint_name: str
     workspace_id: str | None
-    config: dict[str, Any] | None  # the live config; None until the first one is ready
-    ai_gateway: dict[str, Any]
+    config: EndpointConfig | None  # the live config; None until the first one is ready
+    ai_gateway: AiGatewayConfig
     rules: tuple[LimitRule, ...]
 
     @property
     def config_version(self) -> int | None:
-        return None if self.config is None else int(self.config["config_version"])
+        return None if self.config is None else self.config.config_version
 
     @property
     def fallback_enabled(self) -> bool:
-        return bool((self.ai_gateway.get("fallback_config") or {}).get("enabled"))
+        return self.ai_gateway.fallback_enabled
 
     @property
     def inference_table_enabled(self) -> bool:
-        return bool((self.ai_gateway.get("inference_table_config") or {}).get("enabled"))
+        return self.ai_gateway.inference_table_enabled
 
 
 def _resolve(
@@ -67,10 +68,10 @@ def _no_chunks(family: str, name: str, version: str) -> int:
 
 
 def target_of(session: Session, caller: Caller, endpoint: Endpoint) -> QueryTarget:
-    gateway = dict(endpoint.ai_gateway or {})
-    limits = list(gateway.get("rate_limits") or []) + list(endpoint.rate_limits or [])
+    gateway = endpoint.ai_gateway or AiGatewayConfig()
+    limits = [*(gateway.rate_limits or []), *(endpoint.rate_limits or [])]
     groups: frozenset[str] = frozenset()
-    if caller.group_ids and any(limit.get("key") == "user_group" for limit in limits):
+    if caller.group_ids and any(limit.key == RateLimitKey.USER_GROUP for limit in limits):
         groups = frozenset(
             session.scalars(select(Principal.name).where(Principal.id.in_(caller.group_ids)))
         )

@@ -136,9 +136,9 @@ class Reconciler:
 
     def _act(self, plan: Plan) -> None:
         for entity in plan.deploy:
-            log.info("deploying %s (%s)", entity["app_name"], entity["entity_name"])
+            log.info("deploying %s (%s)", entity.app_name, entity.entity_name)
             self.provider.deploy(
-                AppSpec(entity["app_name"], worker_config(entity, self.settings.workers))
+                AppSpec(entity.app_name, worker_config(entity, self.settings.workers))
             )
         for app in plan.delete:
             log.info("deleting app %s", app)
@@ -151,7 +151,7 @@ def _snapshot(endpoint: Endpoint) -> EndpointSnapshot:
         config=endpoint.config,
         pending_config=endpoint.pending_config,
         config_update=endpoint.config_update,
-        deployments=dict(endpoint.deployments or {}),
+        deployments=endpoint.deployments,
         update_started_ms=to_millis(endpoint.update_started_at),
     )
 
@@ -161,7 +161,7 @@ def _apply(session: Session, endpoint: Endpoint, plan: Plan) -> None:
     if plan.promote:
         assert endpoint.pending_config is not None
         endpoint.config = endpoint.pending_config
-        endpoint.config_version = endpoint.pending_config["config_version"]
+        endpoint.config_version = endpoint.pending_config.config_version
         endpoint.pending_config = None
         endpoint.update_started_at = None
         record_capacity(session, endpoint, utcnow())

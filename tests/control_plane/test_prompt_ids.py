@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
+from control_plane.endpoints.config import ServedEntity
 from control_plane.gateway.prompts import PromptIds
 from control_plane.gateway.protocol import parse_body
 from control_plane.gateway.runtime import Gateway
+from tests.control_plane.domain_factories import served_entity
 from workers.tokenizer import load_tokenizer
 
 
@@ -26,8 +28,8 @@ class Tokenizers:
     def __init__(self) -> None:
         self.by_name: dict[str, CountingTokenizer] = {}
 
-    def tokenizer(self, entity: dict[str, Any]) -> CountingTokenizer:
-        name = entity["tokenizer"]
+    def tokenizer(self, entity: ServedEntity) -> CountingTokenizer:
+        name = entity.model_source.tokenizer_name()
         return self.by_name.setdefault(name, CountingTokenizer(name))
 
 
@@ -35,7 +37,7 @@ def test_prompts_are_tokenized_on_first_use_and_shared_per_tokenizer() -> None:
     tokenizers = Tokenizers()
     body = parse_body("completion", {"prompt": "Hello there, moeserve"})
     prompts = PromptIds(cast(Gateway, tokenizers), body)
-    v1, v2 = {"tokenizer": "cl100k_base"}, {"tokenizer": "cl100k_base"}
+    v1, v2 = served_entity("v1"), served_entity("v2")  # both dbrx-tiny: cl100k_base
 
     assert tokenizers.by_name == {}  # nothing until an entity asks
     first = prompts.of(v1)

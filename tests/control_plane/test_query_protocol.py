@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from control_plane.endpoints.config import EndpointConfig
 from control_plane.errors import BadRequest, InvalidParameter, TemporarilyUnavailable
 from control_plane.gateway.dispatch import ReplicaFailed, classify
 from control_plane.gateway.protocol import ChatBody, EmbeddingsBody, kind_of, parse_body
@@ -20,6 +21,7 @@ from control_plane.gateway.shapes import (
     embeddings_response,
     usage_chunk,
 )
+from tests.control_plane.domain_factories import endpoint_config, served_entity
 from workers.engine.request import GenerationRequest, TokenLogprob, Usage
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -89,23 +91,19 @@ def test_completion_prompt_list_and_embedding_inputs() -> None:
         parse_body("embeddings", {"input": []})
 
 
-def _config(*routes: tuple[str, int]) -> dict[str, Any]:
-    return {
-        "config_version": 1,
-        "served_entities": [{"name": name} for name, _ in routes],
-        "traffic_config": {
-            "routes": [{"served_entity_name": n, "traffic_percentage": w} for n, w in routes]
-        },
-    }
+def _config(*routes: tuple[str, int]) -> EndpointConfig:
+    entities = [served_entity(name) for name, _ in routes]
+    return endpoint_config(*entities, weights=dict(routes))
 
 
 def test_traffic_split_and_fallback_order() -> None:
     config = _config(("a", 75), ("b", 25), ("spare", 0))
-    firsts = Counter(candidates(config, "e", fallback=False)[0]["name"] for _ in range(4000))
+    firsts = Counter(candidates(config, "e", fallback=False)[0].name for _ in range(4000))
     assert set(firsts) == {"a", "b"} and 2800 < firsts["a"] < 3200
-    assert [
-        e["name"] for e in candidates(_config(("a", 100), ("spare", 0)), "e", fallback=True)
-    ] == ["a", "spare"]
+    assert [e.name for e in candidates(_config(("a", 100), ("spare", 0)), "e", fallback=True)] == [
+        "a",
+        "spare",
+    ]
     assert len(candidates(config, "e", fallback=False)) == 1
     assert len(candidates(config, "e", fallback=True)) == 2  # one retry, never more
     with pytest.raises(TemporarilyUnavailable, match="not ready"):
@@ -138,7 +136,7 @@ def test_usage_chunk_and_base64_embeddings() -> None:
 
 
 def test_replica_errors_are_client_or_retryable() -> None:
-    entity = {"name": "e"}
+    entity = served_entity("e")
     client = classify(ValueError("max_tokens 9 + prompt 3 tokens exceed the context of 8"), entity)
     assert isinstance(client, BadRequest) and "max_tokens" in client.message
     assert isinstance(classify(RuntimeError("engine died"), entity), ReplicaFailed)

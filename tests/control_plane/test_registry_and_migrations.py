@@ -6,12 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.orm import Session
 
 from billing.schema import METADATA as BILLING_METADATA
 from control_plane.db import build_engine, upgrade
-from control_plane.db.models import Base
+from control_plane.db.migrate import alembic_config
+from control_plane.db.models import Base, Endpoint
+from control_plane.endpoints.config import Task
+from control_plane.endpoints.states import Deployment
 from tests.control_plane.conftest import LiveServer
 from workers.model.checkpoint import save_checkpoint
 from workers.model.loading import build_random
@@ -35,6 +41,46 @@ def test_migrations_create_exactly_the_models_schema_and_rerun_cleanly(database_
             context = MigrationContext.configure(connection)
             differences = compare_metadata(context, schema)  # type: ignore[arg-type]
         assert differences == []
+    finally:
+        engine.dispose()
+
+
+def test_migration_0006_splits_deployment_states_from_retiring_apps(database_url: str) -> None:
+    """Rows written before 0006 kept retire times and states in one map; after it they
+    read back as typed `Deployments`, and a task-less endpoint is a chat endpoint."""
+    engine = build_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            config = alembic_config(engine)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0005")
+            connection.commit()
+            now = "2026-12-01 00:00:00+00:00"
+            connection.execute(
+                sa.text("INSERT INTO accounts (id, name, created_at) VALUES ('a', 'a', :t)"),
+                {"t": now},
+            )
+            old = {
+                "ms-e-live": {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""},
+                "ms-e-old": {"retire_at_ms": 1234},
+            }
+            connection.execute(
+                sa.text(
+                    "INSERT INTO endpoints (id, account_id, name, creator, description, "
+                    "route_optimized, created_at, updated_at, config_version, ready, "
+                    "config_update, deployments, tags) VALUES ('e', 'a', 'e', 'c', '', "
+                    ":f, :t, :t, 0, 'NOT_READY', 'IN_PROGRESS', :d, '[]')"
+                ),
+                {"t": now, "d": json.dumps(old), "f": False},
+            )
+            connection.commit()
+        upgrade(engine)
+        with Session(engine) as session:
+            endpoint = session.get(Endpoint, "e")
+            assert endpoint is not None and endpoint.task == Task.CHAT
+            assert endpoint.deployments.retiring == {"ms-e-old": 1234}
+            assert endpoint.deployments.state("ms-e-live").deployment == Deployment.READY
+            assert set(endpoint.deployments.states) == {"ms-e-live"}
     finally:
         engine.dispose()
 

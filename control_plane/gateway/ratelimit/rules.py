@@ -19,11 +19,11 @@ Which limits apply to a caller (Databricks AI Gateway semantics):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from control_plane.auth.caller import Caller
+from control_plane.endpoints.ai_gateway import RateLimit, RateLimitKey
 
 WINDOW_S = {"minute": 60.0}  # renewal_period -> window length
 
@@ -65,62 +65,53 @@ class LimitRule:
 
 def rules_for(
     endpoint_id: str,
-    limits: Sequence[Mapping[str, Any]],
+    limits: Sequence[RateLimit],
     caller: Caller,
     group_names: frozenset[str],
 ) -> list[LimitRule]:
-    """The rules a query of `caller` must fit in (see the module docstring). `limits` are
-    stored `RateLimit` dicts; `group_names` the names of the caller's groups."""
-    limits = [
-        lim for lim in limits if lim.get("calls") is not None or lim.get("tokens") is not None
+    """The rules a query of `caller` must fit in (see the module docstring); `group_names`
+    are the names of the caller's groups."""
+    limits = [lim for lim in limits if lim.calls is not None or lim.tokens is not None]
+    shared = [
+        _rule(lim, f"{endpoint_id}:endpoint") for lim in limits if lim.key == RateLimitKey.ENDPOINT
     ]
-    shared = [_rule(lim, f"{endpoint_id}:endpoint") for lim in limits if _key(lim) == "endpoint"]
     return shared + _caller_rules(endpoint_id, limits, caller, group_names)
 
 
 def _caller_rules(
-    endpoint_id: str, limits: list[Mapping[str, Any]], caller: Caller, group_names: frozenset[str]
+    endpoint_id: str, limits: list[RateLimit], caller: Caller, group_names: frozenset[str]
 ) -> list[LimitRule]:
     own_bucket = f"{endpoint_id}:principal:{caller.principal_id}"
-    named = [
-        lim for lim in limits if _key(lim) == caller.kind and lim.get("principal") == caller.name
-    ]
+    named = [lim for lim in limits if lim.key == caller.kind and lim.principal == caller.name]
     if named:
         return [_rule(lim, own_bucket) for lim in named]
     groups = _group_rules(endpoint_id, limits, group_names)
     if groups:
         return groups
-    defaults = [lim for lim in limits if _key(lim) == caller.kind and lim.get("principal") is None]
+    defaults = [lim for lim in limits if lim.key == caller.kind and lim.principal is None]
     if not defaults:
-        defaults = [lim for lim in limits if _key(lim) == "user" and lim.get("principal") is None]
+        defaults = [lim for lim in limits if lim.key == RateLimitKey.USER and lim.principal is None]
     return [_rule(lim, own_bucket) for lim in defaults]
 
 
 def _group_rules(
-    endpoint_id: str, limits: list[Mapping[str, Any]], group_names: frozenset[str]
+    endpoint_id: str, limits: list[RateLimit], group_names: frozenset[str]
 ) -> list[LimitRule]:
-    group_limits = [lim for lim in limits if _key(lim) == "user_group"]
-    generic = [lim for lim in group_limits if lim.get("principal") is None]
+    group_limits = [lim for lim in limits if lim.key == RateLimitKey.USER_GROUP]
+    generic = [lim for lim in group_limits if lim.principal is None]
     rules: list[LimitRule] = []
     for group in sorted(group_names):
-        mine = [lim for lim in group_limits if lim.get("principal") == group] or generic
+        mine = [lim for lim in group_limits if lim.principal == group] or generic
         rules += [_rule(lim, f"{endpoint_id}:group:{group}", principal=group) for lim in mine]
     return rules
 
 
-def _key(limit: Mapping[str, Any]) -> str:
-    return str(limit.get("key") or "user")  # RateLimit's default key
-
-
-def _rule(limit: Mapping[str, Any], bucket: str, principal: str | None = None) -> LimitRule:
-    period = limit.get("renewal_period") or "minute"
-    if period not in WINDOW_S:
-        raise ValueError(f"unknown rate-limit renewal_period {period!r}")
+def _rule(limit: RateLimit, bucket: str, principal: str | None = None) -> LimitRule:
     return LimitRule(
         bucket=bucket,
-        key=_key(limit),
-        calls=limit.get("calls"),
-        tokens=limit.get("tokens"),
-        window_s=WINDOW_S[period],
-        principal=principal or limit.get("principal"),
+        key=limit.key.value,
+        calls=limit.calls,
+        tokens=limit.tokens,
+        window_s=WINDOW_S[limit.renewal_period],
+        principal=principal or limit.principal,
     )

@@ -1,0 +1,93 @@
+"""An endpoint's AI-gateway settings (Databricks `AiGatewayConfig` shapes): rate limits,
+usage tracking, inference tables, guardrails and fallback. One model serves the request
+body, the stored column and the response, so what is echoed back is what is enforced.
+Unknown fields are ignored, as the Databricks service does, so newer SDKs keep working."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RateLimitKey(StrEnum):
+    USER = "user"
+    ENDPOINT = "endpoint"
+    USER_GROUP = "user_group"
+    SERVICE_PRINCIPAL = "service_principal"
+
+
+class RateLimit(_Settings):
+    calls: int | None = Field(default=None, ge=0, description="queries per renewal period")
+    tokens: int | None = Field(default=None, ge=0, description="input + output tokens")
+    key: RateLimitKey = Field(
+        default=RateLimitKey.USER, description="whose budget: each user's, the endpoint's, ..."
+    )
+    principal: str | None = Field(
+        default=None,
+        max_length=255,
+        description="a limit of one user, service principal or group (default: everyone's)",
+    )
+    renewal_period: Literal["minute"] = "minute"
+
+
+class UsageTrackingConfig(_Settings):
+    enabled: bool | None = None
+
+
+class InferenceTableConfig(_Settings):
+    enabled: bool | None = None
+    catalog_name: str | None = Field(default=None, max_length=255)
+    schema_name: str | None = Field(default=None, max_length=255)
+    table_name_prefix: str | None = Field(default=None, max_length=255)
+
+
+class PiiBehavior(StrEnum):
+    NONE = "NONE"
+    BLOCK = "BLOCK"
+    MASK = "MASK"
+
+
+class PiiSettings(_Settings):
+    behavior: PiiBehavior | None = None
+
+
+class GuardrailParameters(_Settings):
+    safety: bool | None = None
+    pii: PiiSettings | None = None
+    invalid_keywords: list[str] | None = Field(default=None, max_length=1000)
+    valid_topics: list[str] | None = Field(default=None, max_length=1000)
+
+
+class Guardrails(_Settings):
+    input: GuardrailParameters | None = None
+    output: GuardrailParameters | None = None
+
+
+class FallbackConfig(_Settings):
+    enabled: bool = Field(
+        default=False,
+        description="retry a query on the next served entity when one fails before its first token",
+    )
+
+
+class AiGatewayConfig(_Settings):
+    rate_limits: list[RateLimit] | None = Field(default=None, max_length=100)
+    usage_tracking_config: UsageTrackingConfig | None = None
+    inference_table_config: InferenceTableConfig | None = None
+    guardrails: Guardrails | None = None
+    fallback_config: FallbackConfig | None = None
+
+    @property
+    def fallback_enabled(self) -> bool:
+        return self.fallback_config is not None and self.fallback_config.enabled
+
+    @property
+    def inference_table_enabled(self) -> bool:
+        table = self.inference_table_config
+        return table is not None and bool(table.enabled)

@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print("creating the endpoint (instant replicas) ...", file=sys.stderr)
                 limits = [{"calls": 1_000_000, "key": "endpoint", "renewal_period": "minute"}]
-                endpoint = create_endpoint(base, ENDPOINT, token=TOKEN, rate_limits=limits)
+                endpoint = create_endpoint(
+                    base, ENDPOINT, token=TOKEN, rate_limits=limits, task="llm/v1/completions"
+                )
                 app_name = _app_name(endpoint["id"])
                 port = int(base.rsplit(":", 1)[1])
                 print(f"measuring (app {app_name}) ...", file=sys.stderr)

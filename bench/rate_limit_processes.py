@@ -106,7 +106,9 @@ def run(calls: int, duration_s: float, workers: int) -> dict[str, Any]:
                     )
                 bases = [base for _, base in processes]
                 limits = [{"calls": calls, "key": "endpoint", "renewal_period": "minute"}]
-                create_endpoint(bases[0], name, ai_gateway={"rate_limits": limits})
+                create_endpoint(
+                    bases[0], name, ai_gateway={"rate_limits": limits}, task="llm/v1/completions"
+                )
                 print(
                     f"hammering {name} through 2 processes for {duration_s:g} s ...",
                     file=sys.stderr,

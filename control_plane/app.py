@@ -33,8 +33,8 @@ from control_plane.billing_api.runtime import billing_loop
 from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import install_error_handlers
-from control_plane.gateway import router as gateway
-from control_plane.gateway.runtime import Gateway
+from control_plane.query import routes as query_routes
+from control_plane.query.gateway import Gateway
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from control_plane.state import ControlPlane
@@ -98,7 +98,7 @@ def routers() -> list[APIRouter]:
         workspaces.router,
         tokens.router,
         models.router,
-        gateway.router,
+        query_routes.router,
         billing_usage.router,
         billing_records.router,
         billing_invoices.router,

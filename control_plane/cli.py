@@ -106,23 +106,47 @@ def _announce(server: Any, app: Any, settings: Settings) -> None:
     if server.should_exit or not settings.shared_endpoints:
         return
     shown = token or "$DATABRICKS_TOKEN"
-    name = settings.shared_endpoints[0].name
-    body = '{"messages": [{"role": "user", "content": "What is a mixture of experts?"}], '
-    body += '"max_tokens": 32}'
-    print(
-        "\nTry it:\n"
-        f"  curl -s {base}/serving-endpoints/{name}/invocations \\\n"
-        f"    -H 'Authorization: Bearer {shown}' -H 'Content-Type: application/json' \\\n"
-        f"    -d {shlex.quote(body)}\n\n"
-        '  python -c "from openai import OpenAI; '
-        f"c = OpenAI(api_key='{shown}', base_url='{base}/serving-endpoints'); "
-        f"print(c.chat.completions.create(model='{name}', max_tokens=32, "
-        "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"\n\n"
-        f"  databricks-sdk: WorkspaceClient(host='{base}', token='{shown}').serving_endpoints\n"
-        + ("" if token else "  (the admin token was printed on first start)\n")
-        + "Ctrl-C stops moeserve.",
-        flush=True,
+    print("\nTry it:\n" + _examples(settings, base, shown), flush=True)
+    if not token:
+        print("  (the admin token was printed on first start)", flush=True)
+    print("Ctrl-C stops moeserve.", flush=True)
+
+
+def _examples(settings: Settings, base: str, token: str) -> str:
+    """Commands to paste: a chat completion (curl and openai) and embeddings, on the shared
+    endpoints of those tasks."""
+    from control_plane.endpoints.config import Task
+
+    by_task = {shared.task: shared.name for shared in reversed(settings.shared_endpoints)}
+    lines = []
+    chat = by_task.get(Task.CHAT)
+    if chat is not None:
+        body = '{"messages": [{"role": "user", "content": "What is a mixture of experts?"}], '
+        body += '"max_tokens": 32}'
+        lines += [
+            f"  curl -s {base}/serving-endpoints/{chat}/invocations \\",
+            f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
+            f"    -d {shlex.quote(body)}",
+            "",
+            '  python -c "from openai import OpenAI; '
+            f"c = OpenAI(api_key='{token}', base_url='{base}/serving-endpoints'); "
+            f"print(c.chat.completions.create(model='{chat}', max_tokens=32, "
+            "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"",
+            "",
+        ]
+    embeddings = by_task.get(Task.EMBEDDINGS)
+    if embeddings is not None:
+        lines += [
+            '  python -c "from openai import OpenAI; '
+            f"c = OpenAI(api_key='{token}', base_url='{base}/serving-endpoints'); "
+            f"print(len(c.embeddings.create(model='{embeddings}', input='Hello').data[0]"
+            '.embedding))"',
+            "",
+        ]
+    lines.append(
+        f"  databricks-sdk: WorkspaceClient(host='{base}', token='{token}').serving_endpoints"
     )
+    return "\n".join(lines)
 
 
 def _wait_ready(plane: Any, name: str, server: Any) -> None:

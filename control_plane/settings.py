@@ -168,7 +168,12 @@ class Settings(BaseSettings):
     cloud: Literal["local", "aws", "gcp", "azure"] = "local"
     shared_endpoints: list[SharedEndpoint] = Field(
         default_factory=lambda: [
-            SharedEndpoint(name="databricks-dbrx-tiny", entity_name="dbrx-tiny")
+            SharedEndpoint(name="databricks-dbrx-tiny", entity_name="dbrx-tiny"),
+            SharedEndpoint(
+                name="databricks-dbrx-tiny-embeddings",
+                entity_name="dbrx-tiny",
+                task=Task.EMBEDDINGS,
+            ),
         ]
     )
     workers: WorkerDefaults = Field(default_factory=WorkerDefaults)

@@ -10,8 +10,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.ratecard import RateCards
-from control_plane.gateway.runtime import Gateway
 from control_plane.ids import utcnow
+from control_plane.query.gateway import Gateway
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from deploy.providers.base import Provider

@@ -13,8 +13,8 @@ from control_plane.auth import Level
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.config import ServedEntity
 from control_plane.endpoints.metrics import endpoint_metrics
-from control_plane.endpoints.openapi import query_openapi
 from control_plane.errors import NotFound
+from control_plane.query.openapi import query_openapi
 from control_plane.registry import resolve
 
 router = APIRouter(prefix="/api/2.0/serving-endpoints", tags=["serving-endpoints"])
@@ -60,7 +60,7 @@ def metrics(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> str:
 def openapi(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the endpoint's query interface."""
     endpoint, _ = endpoints.by_name(name, Level.CAN_QUERY)
-    return query_openapi(endpoint.name, plane.settings.base_url())
+    return query_openapi(endpoint.name, endpoint.task, plane.settings.base_url())
 
 
 def _served_entity(endpoint: Endpoint, served: str) -> ServedEntity:

@@ -21,7 +21,11 @@ from control_plane.errors import PermissionDenied, TemporarilyUnavailable
 router = APIRouter(tags=["observability"])
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 def metrics(plane: PlaneDep, authorization: Annotated[str | None, Header()] = None) -> Response:
     if plane.settings.gateway.metrics_require_auth:
         with plane.sessions() as session:

@@ -4,11 +4,12 @@ mode, with the break-even sustained tokens/s (`billing.estimate`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from billing.estimate import HourTokens, compare_modes
 from billing.ledger import EndpointUsage
@@ -19,8 +20,9 @@ from billing.ratecard import UnknownRate
 from billing.records import UsageRecord
 from billing.skus import region_class
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.billing_api.listing import billing_scope, plain, time_range
+from control_plane.billing_api.listing import Scope, billing_scope, time_range
 from control_plane.billing_api.runtime import metering_context
+from control_plane.billing_api.schemas import ActualCost, AlternativeCost, Estimate, Traffic
 from control_plane.db.models import Endpoint
 from control_plane.errors import InvalidParameter, NotFound
 from control_plane.ids import utcnow
@@ -28,7 +30,7 @@ from control_plane.ids import utcnow
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
 
-@router.get("/estimate")
+@router.get("/estimate", response_model=Estimate)
 def estimate(
     session: SessionDep,
     caller: CallerDep,
@@ -37,7 +39,7 @@ def estimate(
     start_time: str,
     end_time: str,
     workspace_id: str | None = None,
-) -> dict[str, Any]:
+) -> Estimate:
     scope = billing_scope(caller, workspace_id)
     start, end = time_range(start_time, end_time)
     if start is None or end is None:
@@ -78,42 +80,40 @@ def estimate(
     )
     other_dbu = comparison.pay_per_token_dbu if provisioned else comparison.provisioned_dbu
 
-    def cost(dbu: Decimal) -> dict[str, Any]:
-        return {"dbu": dbu, "dollars": line_amount(dbu, price)}
-
-    return plain(
-        {
-            "endpoint_name": endpoint_name,
-            "start_time": start,
-            "end_time": end,
-            "actual": {
-                "mode": "provisioned_throughput" if provisioned else "pay_per_token",
-                **cost(actual),
-            },
-            "alternative": {
-                "mode": "pay_per_token" if provisioned else "provisioned_throughput",
-                "provisioned_chunks": comparison.provisioned_chunks,
-                "throughput_chunk_size": throughput.chunk_size,
-                **cost(other_dbu),
-            },
-            "break_even_tokens_per_s": comparison.break_even_tokens_per_s,
-            "traffic": {
-                "input_tokens": comparison.input_tokens,
-                "output_tokens": comparison.output_tokens,
-                "peak_tokens_per_s": comparison.peak_tokens_per_s,
-                "output_share": comparison.output_share,
-            },
-            "dollars_per_dbu": price,
-        }
+    mode, other = (
+        ("provisioned_throughput", "pay_per_token")
+        if provisioned
+        else ("pay_per_token", "provisioned_throughput")
+    )
+    return Estimate(
+        endpoint_name=endpoint_name,
+        start_time=start,
+        end_time=end,
+        actual=ActualCost(mode=mode, dbu=actual, dollars=line_amount(actual, price)),
+        alternative=AlternativeCost(
+            mode=other,
+            dbu=other_dbu,
+            dollars=line_amount(other_dbu, price),
+            provisioned_chunks=comparison.provisioned_chunks,
+            throughput_chunk_size=throughput.chunk_size,
+        ),
+        break_even_tokens_per_s=comparison.break_even_tokens_per_s,
+        traffic=Traffic(
+            input_tokens=comparison.input_tokens,
+            output_tokens=comparison.output_tokens,
+            peak_tokens_per_s=comparison.peak_tokens_per_s,
+            output_share=comparison.output_share,
+        ),
+        dollars_per_dbu=price,
     )
 
 
-def _workspaces(scope: Any) -> list[str | None] | None:
+def _workspaces(scope: Scope) -> list[str | None] | None:
     return None if scope.workspace_id is None else [scope.workspace_id]
 
 
 def _hourly_tokens(
-    session: Any, scope: Any, endpoint_name: str, start: Any, end: Any
+    session: Session, scope: Scope, endpoint_name: str, start: datetime, end: datetime
 ) -> list[HourTokens]:
     hour = sql_hour(EndpointUsage.request_time, session.get_bind().dialect.name)
     rows = session.execute(
@@ -133,7 +133,7 @@ def _hourly_tokens(
     return [HourTokens(int(i or 0), int(o or 0)) for _, i, o in rows]
 
 
-def _stored(session: Any, scope: Any, start: Any, end: Any) -> list[UsageRecord]:
+def _stored(session: Session, scope: Scope, start: datetime, end: datetime) -> list[UsageRecord]:
     return list(
         session.scalars(
             select(UsageRecord).where(

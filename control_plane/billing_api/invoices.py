@@ -5,7 +5,6 @@ signs instead)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -14,44 +13,20 @@ from sqlalchemy import select
 from billing.invoicing import Invoice
 from billing.stripe_gateway import WebhookSignatureError, handle_webhook
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.billing_api.listing import billing_scope, listing, plain
+from control_plane.billing_api.listing import CSV, billing_scope, listing, wants_csv
+from control_plane.billing_api.schemas import (
+    InvoiceDetail,
+    InvoiceLineList,
+    InvoiceList,
+    InvoiceRow,
+    WebhookResult,
+)
 from control_plane.errors import BadRequest, NotFound, TemporarilyUnavailable
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
-INVOICE_COLUMNS = [
-    "invoice_id",
-    "account_id",
-    "workspace_id",
-    "period",
-    "currency",
-    "status",
-    "subtotal",
-    "total",
-    "rate_card_version",
-    "created_at",
-    "stripe_invoice_id",
-]
-LINE_COLUMNS = [
-    "line_no",
-    "sku_name",
-    "endpoint_id",
-    "endpoint_name",
-    "usage_type",
-    "dbu",
-    "dollars_per_dbu",
-    "amount",
-]
 
-
-def _invoice(invoice: Invoice, *, with_lines: bool) -> dict[str, Any]:
-    row = {column: getattr(invoice, column) for column in INVOICE_COLUMNS}
-    if with_lines:
-        row["lines"] = [{c: getattr(line, c) for c in LINE_COLUMNS} for line in invoice.lines]
-    return row
-
-
-@router.get("/invoices")
+@router.get("/invoices", response_model=InvoiceList, responses=CSV)
 def invoices(
     request: Request,
     session: SessionDep,
@@ -64,12 +39,11 @@ def invoices(
     if period is not None:
         query = query.where(Invoice.period == period)
     found = session.scalars(query.order_by(Invoice.period, Invoice.workspace_id)).all()
-    rows = [_invoice(invoice, with_lines=False) for invoice in found]
-    return listing(request, "invoices", rows, INVOICE_COLUMNS)
+    return listing(request, InvoiceList(invoices=[InvoiceRow.model_validate(i) for i in found]))
 
 
-@router.get("/invoices/{invoice_id}")
-def invoice(invoice_id: str, request: Request, session: SessionDep, caller: CallerDep) -> Any:
+@router.get("/invoices/{invoice_id}", response_model=InvoiceDetail, responses=CSV)
+def invoice(invoice_id: str, request: Request, session: SessionDep, caller: CallerDep) -> Response:
     """One invoice with its lines; CSV lists the lines."""
     found = session.get(Invoice, invoice_id)
     visible = found is not None and found.account_id == caller.account_id
@@ -78,16 +52,14 @@ def invoice(invoice_id: str, request: Request, session: SessionDep, caller: Call
         visible = scope.workspace_id in (None, found.workspace_id)
     if not visible or found is None:
         raise NotFound(f"invoice {invoice_id!r} does not exist")
-    body = _invoice(found, with_lines=True)
-    if request.query_params.get("format") == "csv" or "text/csv" in request.headers.get(
-        "accept", ""
-    ):
-        return listing(request, "invoice_lines", body["lines"], LINE_COLUMNS)
-    return plain(body)
+    detail = InvoiceDetail.model_validate(found)
+    if wants_csv(request):
+        return listing(request, InvoiceLineList(invoice_lines=detail.lines))
+    return Response(detail.model_dump_json(), media_type="application/json")
 
 
-@router.post("/stripe/webhook")
-async def stripe_webhook(request: Request, plane: PlaneDep) -> dict[str, str]:
+@router.post("/stripe/webhook", response_model=WebhookResult)
+async def stripe_webhook(request: Request, plane: PlaneDep) -> WebhookResult:
     secret = plane.settings.billing.stripe_webhook_secret
     if secret is None:
         raise TemporarilyUnavailable("Stripe webhooks are not configured on this installation")
@@ -99,4 +71,4 @@ async def stripe_webhook(request: Request, plane: PlaneDep) -> dict[str, str]:
         )
     except WebhookSignatureError as exc:
         raise BadRequest(f"webhook rejected: {exc}") from None
-    return {"result": outcome}
+    return WebhookResult(result=outcome)

@@ -1,19 +1,19 @@
 """What every billing listing shares: who may see which workspaces, ISO 8601 time ranges,
-and the JSON or CSV rendering of rows (Decimals as strings, never floats)."""
+and the JSON or CSV rendering of typed rows (`schemas`: Decimals as strings, never
+floats)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, get_args
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from control_plane.auth import Caller
 from control_plane.errors import InvalidParameter, PermissionDenied
@@ -69,46 +69,35 @@ def time_range(start: str | None, end: str | None) -> tuple[datetime | None, dat
     return start_time, end_time
 
 
-def plain(value: Any) -> Any:
-    """A JSON-safe value: Decimals as exact strings, times in ISO 8601 (Z for UTC)."""
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")  # exact, no exponent, no storage padding
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
 def wants_csv(request: Request) -> bool:
     if request.query_params.get("format") == "csv":
         return True
     return "text/csv" in request.headers.get("accept", "")
 
 
-def listing(
-    request: Request, key: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]
-) -> Response:
-    """`{key: [...]}` as JSON, or CSV (`Accept: text/csv` or `?format=csv`) with `columns`;
-    nested values become JSON text in their cell."""
+CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "or CSV"}
+}
+
+
+def listing(request: Request, page: BaseModel) -> Response:
+    """`page` — a model with one field, a list of rows — as JSON, or as CSV (`Accept:
+    text/csv` or `?format=csv`) with the row model's fields as columns; nested values
+    become JSON text in their cell."""
+    ((key, field),) = type(page).model_fields.items()
     if not wants_csv(request):
-        return JSONResponse({key: [plain(row) for row in rows]})
+        return Response(page.model_dump_json(), media_type="application/json")
+    (row_model,) = get_args(field.annotation)
+    columns = list(row_model.model_fields)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    for row in rows:
-        cells = []
-        for column in columns:
-            value = plain(row.get(column))
-            cells.append(json.dumps(value) if isinstance(value, dict | list) else value)
-        writer.writerow(cells)
-    filename = f"{key}.csv"
+    for row in page.model_dump(mode="json")[key]:
+        writer.writerow(
+            json.dumps(row[c]) if isinstance(row[c], dict | list) else row[c] for c in columns
+        )
     return Response(
         out.getvalue(),
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'attachment; filename="{key}.csv"'},
     )

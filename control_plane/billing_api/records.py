@@ -3,8 +3,6 @@ hours) and `GET /api/2.0/billing/list-prices`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
@@ -12,43 +10,20 @@ from sqlalchemy import select
 from billing.metering import UsageFilters, live_records
 from billing.records import UsageRecord
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.billing_api.listing import billing_scope, listing, time_range
+from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range
 from control_plane.billing_api.runtime import metering_context
+from control_plane.billing_api.schemas import (
+    ListPriceList,
+    ListPriceRow,
+    UsageRecordList,
+    UsageRecordRow,
+)
 from control_plane.ids import utcnow
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
-USAGE_COLUMNS = [
-    "record_id",
-    "account_id",
-    "workspace_id",
-    "sku_name",
-    "cloud",
-    "usage_start_time",
-    "usage_end_time",
-    "usage_date",
-    "custom_tags",
-    "usage_unit",
-    "usage_quantity",
-    "usage_metadata",
-    "identity_metadata",
-    "record_type",
-    "billing_origin_product",
-    "product_features",
-    "usage_type",
-]
-PRICE_COLUMNS = [
-    "sku_name",
-    "cloud",
-    "currency_code",
-    "usage_unit",
-    "price_start_time",
-    "price_end_time",
-    "pricing",
-]
 
-
-@router.get("/usage")
+@router.get("/usage", response_model=UsageRecordList, responses=CSV)
 def usage(
     request: Request,
     session: SessionDep,
@@ -87,15 +62,13 @@ def usage(
         for r in live_records(session, context, utcnow(), filters)
         if r.account_id == scope.account_id
     ]
-    rows: list[dict[str, Any]] = [
-        {column: getattr(record, column) for column in USAGE_COLUMNS} for record in stored + live
-    ]
-    return listing(request, "records", rows, USAGE_COLUMNS)
+    page = UsageRecordList(records=[UsageRecordRow.model_validate(r) for r in stored + live])
+    return listing(request, page)
 
 
-@router.get("/list-prices")
+@router.get("/list-prices", response_model=ListPriceList, responses=CSV)
 def list_prices(request: Request, caller: CallerDep, plane: PlaneDep) -> Response:
     """Every SKU's $/DBU by cloud, region and tier, across rate-card versions."""
     del caller  # any authenticated principal may read the price list
-    rows = [price.model_dump() for price in plane.rate_cards.list_prices()]
-    return listing(request, "prices", rows, PRICE_COLUMNS)
+    prices = plane.rate_cards.list_prices()
+    return listing(request, ListPriceList(prices=[ListPriceRow.model_validate(p) for p in prices]))

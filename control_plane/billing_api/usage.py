@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
 from billing.ledger import EndpointUsage
 from control_plane.api.deps import CallerDep, SessionDep
-from control_plane.billing_api.listing import billing_scope, listing, time_range
+from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range
+from control_plane.billing_api.schemas import EndpointUsageList, EndpointUsageRow
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
-ENDPOINT_USAGE_COLUMNS = [
-    "databricks_request_id",
-    "client_request_id",
-    "requester",
-    "status_code",
-    "request_time",
-    "served_entity_id",
-    "endpoint_name",
-    "endpoint_id",
-    "workspace_id",
-    "input_token_count",
-    "output_token_count",
-    "request_streaming",
-    "usage_context",
-]
 MAX_ROWS = 100_000
 
 
-@router.get("/endpoint-usage")
+@router.get("/endpoint-usage", response_model=EndpointUsageList, responses=CSV)
 def endpoint_usage(
     request: Request,
     session: SessionDep,
@@ -56,7 +40,5 @@ def endpoint_usage(
     if endpoint_name is not None:
         query = query.where(EndpointUsage.endpoint_name == endpoint_name)
     rows = session.scalars(query.order_by(EndpointUsage.request_time).limit(MAX_ROWS)).all()
-    data: list[dict[str, Any]] = [
-        {column: getattr(row, column) for column in ENDPOINT_USAGE_COLUMNS} for row in rows
-    ]
-    return listing(request, "endpoint_usage", data, ENDPOINT_USAGE_COLUMNS)
+    page = EndpointUsageList(endpoint_usage=[EndpointUsageRow.model_validate(row) for row in rows])
+    return listing(request, page)

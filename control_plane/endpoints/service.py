@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_plane.auth import Caller, Level, level_of, require
+from control_plane.auth import Caller, Level
 from control_plane.db.models import Endpoint, EndpointPermission
+from control_plane.endpoints import lookup
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.capacity import ChunkSize
 from control_plane.endpoints.capacity_timeline import close_intervals
@@ -27,7 +27,7 @@ from control_plane.endpoints.validation import (
     check_endpoint_name,
     normalize_config,
 )
-from control_plane.errors import AlreadyExists, Conflict, NotFound
+from control_plane.errors import AlreadyExists, Conflict
 from control_plane.ids import new_id, to_millis, utcnow
 from control_plane.registry import resolve
 from control_plane.settings import WorkerDefaults
@@ -41,36 +41,21 @@ class EndpointService:
     check_capacity: CapacityCheck
     chunk_size: ChunkSize
 
-    # -- lookups -------------------------------------------------------------------------
-    def visible_query(self) -> Select[tuple[Endpoint]]:
-        return select(Endpoint).where(
-            Endpoint.account_id == self.caller.account_id,
-            or_(Endpoint.workspace_id == self.caller.workspace_id, Endpoint.workspace_id.is_(None)),
-        )
-
+    # -- lookups (`endpoints.lookup`) -----------------------------------------------------
     def by_name(self, name: str, needed: Level = Level.CAN_VIEW) -> tuple[Endpoint, Level]:
-        endpoint = self.session.scalars(self.visible_query().where(Endpoint.name == name)).first()
-        if endpoint is None:
-            raise NotFound(f"endpoint {name!r} does not exist")
-        return endpoint, require(self.session, endpoint, self.caller, needed)
+        return lookup.by_name(self.session, self.caller, name, needed)
 
     def by_id(self, endpoint_id: str, needed: Level = Level.CAN_VIEW) -> tuple[Endpoint, Level]:
-        endpoint = self.session.scalars(
-            self.visible_query().where(Endpoint.id == endpoint_id)
-        ).first()
-        if endpoint is None:
-            raise NotFound(f"endpoint id {endpoint_id!r} does not exist")
-        return endpoint, require(self.session, endpoint, self.caller, needed)
+        return lookup.by_id(self.session, self.caller, endpoint_id, needed)
 
     def listed(self) -> list[Endpoint]:
-        endpoints = self.session.scalars(self.visible_query().order_by(Endpoint.name)).all()
-        return [e for e in endpoints if level_of(self.session, e, self.caller) >= Level.CAN_VIEW]
+        return lookup.listed(self.session, self.caller)
 
     # -- mutations ------------------------------------------------------------------------
     def create(self, body: CreateEndpoint) -> Endpoint:
         check_endpoint_name(body.name)
         exists = self.session.scalars(
-            self.visible_query().where(Endpoint.name == body.name)
+            lookup.visible_to(self.caller).where(Endpoint.name == body.name)
         ).first()
         if exists is not None:
             raise AlreadyExists(f"endpoint {body.name!r} already exists in this workspace")

@@ -17,13 +17,15 @@ import pytest
 
 from bench.scratch_db import postgres_available, scratch_postgres
 from control_plane import Settings, create_app
-from control_plane.gateway.ratelimit.in_process import InProcessRateLimiter
-from control_plane.gateway.ratelimit.redis_counters import RedisRateLimiter
+from control_plane.query.ratelimit.in_process import InProcessRateLimiter
+from control_plane.query.ratelimit.redis_counters import RedisRateLimiter
 from deploy.providers.base import Provider
 from tests.control_plane.fake_provider import InstantProvider
 from tests.control_plane.ratelimit_support import REDIS_URL, Factory, redis_or_fail
 
 ADMIN_TOKEN = "dapi-test-admin-token"
+# The platform's shared endpoints under default settings (chat, then embeddings).
+SHARED = ["databricks-dbrx-tiny", "databricks-dbrx-tiny-embeddings"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

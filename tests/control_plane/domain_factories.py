@@ -1,11 +1,21 @@
-"""Valid typed endpoint configs for tests of the code that reads them (planner, traffic
-split, prompt tokenization), with only the fields a test cares about given."""
+"""Valid typed endpoint configs and query targets for tests of the code that reads them
+(planner, traffic split, prompt tokenization), with only the fields a test cares about
+given."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from control_plane.endpoints.config import EndpointConfig, Route, ServedEntity, TrafficConfig
+from control_plane.endpoints.ai_gateway import AiGatewayConfig, FallbackConfig
+from control_plane.endpoints.config import (
+    EndpointConfig,
+    Route,
+    ServedEntity,
+    Task,
+    TrafficConfig,
+)
+from control_plane.query.targets import QueryTarget
+from tests.control_plane.ratelimit_support import make_caller
 from workers.model.source import ModelSource
 
 
@@ -38,4 +48,18 @@ def endpoint_config(
         served_entities=list(entities),
         traffic_config=TrafficConfig(routes=routes),
         start_time=0,
+    )
+
+
+def query_target(config: EndpointConfig | None, *, fallback: bool = False) -> QueryTarget:
+    """A resolved query target of endpoint "e" serving `config`."""
+    return QueryTarget(
+        caller=make_caller("ana@example.com", 7),
+        endpoint_id="ep",
+        endpoint_name="e",
+        workspace_id="w",
+        task=Task.CHAT,
+        config=config,
+        ai_gateway=AiGatewayConfig(fallback_config=FallbackConfig(enabled=fallback)),
+        rules=(),
     )

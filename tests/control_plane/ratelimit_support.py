@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from control_plane.auth.caller import Caller
-from control_plane.gateway.ratelimit.limiter import RateLimited, RateLimiter
-from control_plane.gateway.ratelimit.rules import LimitRule
+from control_plane.query.ratelimit.limiter import RateLimited, RateLimiter
+from control_plane.query.ratelimit.rules import LimitRule
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Factory = Callable[[], RateLimiter]

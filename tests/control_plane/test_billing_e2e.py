@@ -56,8 +56,10 @@ def test_token_records_and_invoice_are_exact(server: LiveServer) -> None:
             )
             usage = chunks[-1].usage
         else:
-            usage = client.completions.create(
-                model=NAME, prompt=f"question {i} " * (i + 1), max_tokens=1 + i % 4
+            usage = client.chat.completions.create(
+                model=NAME,
+                messages=[{"role": "user", "content": f"question {i} " * (i + 1)}],
+                max_tokens=1 + i % 4,
             ).usage
         assert usage is not None
         seen.append((usage.prompt_tokens, usage.completion_tokens))

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from billing.capacity import CapacityInterval
-from tests.control_plane.conftest import LiveServer, wait_for
+from tests.control_plane.conftest import SHARED, LiveServer, wait_for
 
 BASE = "/api/2.0/serving-endpoints"
 
@@ -59,7 +59,7 @@ def test_create_reports_pending_config_then_becomes_ready(instant_server: LiveSe
         {"served_entity_name": "dbrx-tiny-1", "traffic_percentage": 100}
     ]
     names = [e["name"] for e in instant_server.client().get(BASE).json()["endpoints"]]
-    assert names == ["chat", "databricks-dbrx-tiny"]
+    assert names == ["chat", *SHARED]
 
 
 INVALID: list[tuple[dict[str, Any], str]] = [
@@ -124,9 +124,8 @@ def test_invalid_endpoints_are_rejected_with_a_clear_400(instant_server: LiveSer
         entities = body.pop("entities", [served()])
         message = error(create(instant_server, body.pop("name"), *entities, **body), 400)
         assert message.startswith("INVALID_PARAMETER_VALUE") and needle in message, message
-    assert [e["name"] for e in instant_server.client().get(BASE).json()["endpoints"]] == [
-        "databricks-dbrx-tiny"
-    ]  # nothing half-created
+    names = [e["name"] for e in instant_server.client().get(BASE).json()["endpoints"]]
+    assert names == SHARED  # nothing half-created
 
 
 def test_duplicate_name_is_409_and_update_during_rollout_is_409(

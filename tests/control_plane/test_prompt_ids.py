@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import cast
 
-from control_plane.endpoints.config import ServedEntity
-from control_plane.gateway.prompts import PromptIds
-from control_plane.gateway.protocol import parse_body
-from control_plane.gateway.runtime import Gateway
+from control_plane.query.prompts import PromptIds, Tokenizers
+from control_plane.query.requests import QueryKind, parse_request
 from tests.control_plane.domain_factories import served_entity
-from workers.tokenizer import load_tokenizer
+from workers.tokenizer import Tokenizer, load_tokenizer
 
 
 class CountingTokenizer:
@@ -17,30 +15,23 @@ class CountingTokenizer:
         self.inner = load_tokenizer(name)
         self.calls = 0
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         self.calls += 1
         return self.inner.encode(text)
 
 
-class Tokenizers:
-    """The one thing `PromptIds` asks of the gateway: an entity's tokenizer, kept per name."""
-
-    def __init__(self) -> None:
-        self.by_name: dict[str, CountingTokenizer] = {}
-
-    def tokenizer(self, entity: ServedEntity) -> CountingTokenizer:
-        name = entity.model_source.tokenizer_name()
-        return self.by_name.setdefault(name, CountingTokenizer(name))
-
-
 def test_prompts_are_tokenized_on_first_use_and_shared_per_tokenizer() -> None:
-    tokenizers = Tokenizers()
-    body = parse_body("completion", {"prompt": "Hello there, moeserve"})
-    prompts = PromptIds(cast(Gateway, tokenizers), body)
+    loaded: dict[str, CountingTokenizer] = {}
+
+    def load(name: str) -> Tokenizer:
+        return cast(Tokenizer, loaded.setdefault(name, CountingTokenizer(name)))
+
+    body = parse_request(QueryKind.COMPLETIONS, {"prompt": "Hello there, moeserve"})
+    prompts = PromptIds(body, Tokenizers(load))
     v1, v2 = served_entity("v1"), served_entity("v2")  # both dbrx-tiny: cl100k_base
 
-    assert tokenizers.by_name == {}  # nothing until an entity asks
+    assert loaded == {}  # nothing until an entity asks
     first = prompts.of(v1)
     assert first == [load_tokenizer("cl100k_base").encode("Hello there, moeserve")]
     assert prompts.of(v2) is first  # same tokenizer: one tokenization
-    assert tokenizers.by_name["cl100k_base"].calls == 1
+    assert loaded["cl100k_base"].calls == 1

@@ -32,7 +32,9 @@ from tests.control_plane.query_fixtures import (
 from workers.tokenizer import load_tokenizer
 
 SUFFIX = uuid.uuid4().hex[:6]
-NAME = f"chat-{SUFFIX}"
+NAME = f"chat-{SUFFIX}"  # task llm/v1/chat
+COMPLETE = f"complete-{SUFFIX}"  # task llm/v1/completions
+EMBED = f"embed-{SUFFIX}"  # task llm/v1/embeddings
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is a mixture of experts?"}
 ]
@@ -42,6 +44,8 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with instant_ray_server(tmp_path_factory.mktemp("query")) as live, live.client() as http:
         create_endpoint(http, NAME)
+        create_endpoint(http, COMPLETE, task="llm/v1/completions")
+        create_endpoint(http, EMBED, task="llm/v1/embeddings")
         yield live
 
 
@@ -50,8 +54,8 @@ def cl100k() -> Any:
     return load_tokenizer("cl100k_base")
 
 
-def _row(server: LiveServer, request_id: str) -> dict[str, Any]:
-    rows = [r for r in usage_rows(server, NAME) if r["databricks_request_id"] == request_id]
+def _row(server: LiveServer, request_id: str, endpoint: str = NAME) -> dict[str, Any]:
+    rows = [r for r in usage_rows(server, endpoint) if r["databricks_request_id"] == request_id]
     assert len(rows) == 1, rows
     return rows[0]
 
@@ -84,14 +88,14 @@ def test_openai_chat_usage_equals_engine_counts(server: LiveServer, cl100k: Any)
 
 def test_openai_completions_and_n_choices(server: LiveServer, cl100k: Any) -> None:
     completion = openai_client(server).completions.create(
-        model=NAME, prompt="tiktoken is great!", max_tokens=2, n=3
+        model=COMPLETE, prompt="tiktoken is great!", max_tokens=2, n=3
     )
     assert completion.object == "text_completion"
     assert sorted(c.index for c in completion.choices) == [0, 1, 2]
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == len(cl100k.encode("tiktoken is great!"))
     assert completion.usage.completion_tokens == 6  # 2 tokens x 3 choices
-    row = _row(server, _request_id(completion.id))
+    row = _row(server, _request_id(completion.id), COMPLETE)
     assert row["output_token_count"] == 6
 
 
@@ -126,7 +130,7 @@ def test_sse_wire_format_ends_with_done(server: LiveServer) -> None:
         server.client() as http,
         http.stream(
             "POST",
-            f"/serving-endpoints/{NAME}/invocations",
+            f"/serving-endpoints/{COMPLETE}/invocations",
             json={"prompt": "hi", "max_tokens": 2, "stream": True},
         ) as response,
     ):
@@ -172,13 +176,13 @@ def test_databricks_sdk_query(server: LiveServer, cl100k: Any) -> None:
 
 def test_embeddings_openai_and_native(server: LiveServer, cl100k: Any) -> None:
     client = openai_client(server)
-    result = client.embeddings.create(model=NAME, input=["hello world", "tiktoken is great!"])
+    result = client.embeddings.create(model=EMBED, input=["hello world", "tiktoken is great!"])
     assert [d.index for d in result.data] == [0, 1]
     assert len(result.data[0].embedding) == len(result.data[1].embedding) > 0
     expected = len(cl100k.encode("hello world")) + len(cl100k.encode("tiktoken is great!"))
     assert result.usage.prompt_tokens == expected
     with server.client() as http:
-        native = http.post(f"/serving-endpoints/{NAME}/invocations", json={"input": "hello world"})
+        native = http.post(f"/serving-endpoints/{EMBED}/invocations", json={"input": "hello world"})
     assert native.status_code == 200, native.text
     assert native.json()["data"][0]["object"] == "embedding"
 
@@ -222,7 +226,7 @@ def test_context_overflow_is_400_and_recorded(server: LiveServer) -> None:
 def test_rate_limit_429_with_integer_retry_after(server: LiveServer) -> None:
     name = f"limited-{SUFFIX}"
     with server.client() as http:
-        create_endpoint(http, name)
+        create_endpoint(http, name, task="llm/v1/completions")
         limits = {"rate_limits": [{"calls": 2, "key": "endpoint", "renewal_period": "minute"}]}
         put = http.put(f"/api/2.0/serving-endpoints/{name}/ai-gateway", json=limits)
         assert put.status_code == 200, put.text
@@ -242,7 +246,7 @@ def test_rate_limit_429_with_integer_retry_after(server: LiveServer) -> None:
 
 
 def test_prometheus_metrics(server: LiveServer) -> None:
-    openai_client(server).completions.create(model=NAME, prompt="count me", max_tokens=1)
+    openai_client(server).chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=1)
     with server.client() as http:
         text = http.get("/metrics").text
         assert (
@@ -270,16 +274,16 @@ def test_inference_table_logs_payloads_when_enabled(server: LiveServer) -> None:
     with server.client() as http:
         tables = {"inference_table_config": {"enabled": True}}
         assert (
-            http.put(f"/api/2.0/serving-endpoints/{NAME}/ai-gateway", json=tables).status_code
+            http.put(f"/api/2.0/serving-endpoints/{COMPLETE}/ai-gateway", json=tables).status_code
             == 200
         )
-        server.plane.gateway.targets.forget(NAME)
+        server.plane.gateway.targets.forget(COMPLETE)
         plain = http.post(
-            f"/serving-endpoints/{NAME}/invocations", json={"prompt": "log me", "max_tokens": 2}
+            f"/serving-endpoints/{COMPLETE}/invocations", json={"prompt": "log me", "max_tokens": 2}
         ).json()
         with http.stream(
             "POST",
-            f"/serving-endpoints/{NAME}/invocations",
+            f"/serving-endpoints/{COMPLETE}/invocations",
             json={"prompt": "stream me", "max_tokens": 3, "stream": True},
         ) as response:
             events = [line for line in response.iter_lines() if line.startswith("data: {")]

@@ -24,6 +24,8 @@ from tests.control_plane.query_fixtures import create_endpoint, instant_ray_serv
 SUFFIX = uuid.uuid4().hex[:6]
 MAX_ONGOING = 2  # per replica; with no gateway queue, 2 requests per entity at a time
 
+HI = [{"role": "user", "content": "hi"}]
+
 
 @pytest.fixture(scope="module")
 def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -55,7 +57,7 @@ def _entity(name: str, **env: str) -> dict[str, Any]:
 
 def _ask(http: httpx.Client, endpoint: str) -> httpx.Response:
     return http.post(
-        f"/serving-endpoints/{endpoint}/invocations", json={"prompt": "hi", "max_tokens": 1}
+        f"/serving-endpoints/{endpoint}/invocations", json={"messages": HI, "max_tokens": 1}
     )
 
 
@@ -103,7 +105,7 @@ def test_fallback_retries_once_before_the_first_token(server: LiveServer) -> Non
         with http.stream(
             "POST",
             f"/serving-endpoints/{name}/invocations",
-            json={"prompt": "hi", "max_tokens": 2, "stream": True},
+            json={"messages": HI, "max_tokens": 2, "stream": True},
         ) as stream:
             assert stream.status_code == 200 and stream.headers["served-model-name"] == "spare"
             assert [line for line in stream.iter_lines() if line][-1] == "data: [DONE]"
@@ -121,7 +123,7 @@ def test_saturated_entity_rejects_at_once_with_retry_after(server: LiveServer) -
     async def burst() -> list[httpx.Response]:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
-            body = {"prompt": "hi", "max_tokens": 2}
+            body = {"messages": HI, "max_tokens": 2}
             calls = [
                 client.post(f"/serving-endpoints/{name}/invocations", json=body) for _ in range(6)
             ]
@@ -186,13 +188,13 @@ def test_error_after_the_first_byte_is_an_error_chunk(server: LiveServer) -> Non
         with http.stream(
             "POST",
             f"/serving-endpoints/{name}/invocations",
-            json={"prompt": "hi", "max_tokens": 4, "stream": True},
+            json={"messages": HI, "max_tokens": 4, "stream": True},
         ) as response:
             assert response.status_code == 200  # the stream had started
             events = [
                 json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")
             ]
-    assert [e["choices"][0]["text"] for e in events[:-1]] == [" tok1000", " tok1001"]
+    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == [" tok1000", " tok1001"]
     assert set(events[-1]) == {"error"} and "injected failure" in events[-1]["error"]["message"]
     [row] = usage_rows(server, name)
     assert (row["status_code"], row["output_token_count"]) == (500, 2)  # billed what was sent

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from control_plane.gateway.ratelimit.in_process import InProcessRateLimiter
-from control_plane.gateway.ratelimit.limiter import RateLimited, RateLimiter
-from control_plane.gateway.ratelimit.redis_counters import RedisRateLimiter
-from control_plane.gateway.ratelimit.rules import LimitRule
+from control_plane.query.ratelimit.in_process import InProcessRateLimiter
+from control_plane.query.ratelimit.limiter import RateLimited, RateLimiter
+from control_plane.query.ratelimit.redis_counters import RedisRateLimiter
+from control_plane.query.ratelimit.rules import LimitRule
 from tests.control_plane.ratelimit_support import (
     REDIS_URL,
     Factory,

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from control_plane.gateway.ratelimit import build_rate_limiter
-from control_plane.gateway.ratelimit.in_process import InProcessRateLimiter
-from control_plane.gateway.ratelimit.limiter import RateLimited, RateLimiter, RateLimiterUnavailable
-from control_plane.gateway.ratelimit.redis_counters import RedisRateLimiter
-from control_plane.gateway.ratelimit.rules import LimitRule
+from control_plane.query.ratelimit import build_rate_limiter
+from control_plane.query.ratelimit.in_process import InProcessRateLimiter
+from control_plane.query.ratelimit.limiter import RateLimited, RateLimiter, RateLimiterUnavailable
+from control_plane.query.ratelimit.redis_counters import RedisRateLimiter
+from control_plane.query.ratelimit.rules import LimitRule
 from tests.control_plane.ratelimit_support import (
     REDIS_URL,
     redis_or_fail,

@@ -10,7 +10,7 @@ import pytest
 
 from control_plane.auth.caller import Caller
 from control_plane.endpoints.ai_gateway import RateLimit
-from control_plane.gateway.ratelimit.rules import LimitRule, rules_for
+from control_plane.query.ratelimit.rules import LimitRule, rules_for
 from tests.control_plane.ratelimit_support import (
     make_caller,
 )

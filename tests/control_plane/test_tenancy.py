@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer
+from tests.control_plane.conftest import ADMIN_TOKEN, SHARED, LiveServer
 
 BASE = "/api/2.0/serving-endpoints"
 CONFIG = {
@@ -76,7 +76,7 @@ def test_another_workspace_gets_404_on_every_route_of_an_endpoint(
             assert response.status_code == 404, (method, path, response.text)
             assert response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
         names = [e["name"] for e in client.get(BASE).json()["endpoints"]]
-        assert names == ["databricks-dbrx-tiny"]  # shared endpoints are visible to all
+        assert names == SHARED  # shared endpoints are visible to all
         # the same name is free in the other workspace
         assert client.post(BASE, json={"name": "secret", "config": CONFIG}).status_code == 200
     assert instant_server.client().get(f"{BASE}/secret").json()["id"] == endpoint["id"]
@@ -120,7 +120,7 @@ def test_permission_levels_limit_what_principals_may_do(instant_server: LiveServ
         assert client.get(f"{BASE}/ep/openapi").status_code == 403  # querying needs CAN_QUERY
     with instant_server.client(stranger) as client:
         assert client.get(f"{BASE}/ep").status_code == 403
-        assert [e["name"] for e in client.get(BASE).json()["endpoints"]] == ["databricks-dbrx-tiny"]
+        assert [e["name"] for e in client.get(BASE).json()["endpoints"]] == SHARED
         # only account admins manage shared endpoints
         assert client.delete(f"{BASE}/databricks-dbrx-tiny").status_code == 403
         assert client.post("/api/2.0/workspaces", json={"name": "x"}).status_code == 403

@@ -1,8 +1,8 @@
 """Usage exactness: 1,000 mixed queries through the HTTP gateway, then the ledger is
 compared with what the clients received.
 
-The mix: plain completions, streams with `include_usage`, streams the client abandons
-after the first chunk, embeddings over the context (a 400 found after acceptance), and
+The mix: plain chat completions, streams with `include_usage`, streams the client abandons
+after the first chunk, prompts longer than the context (a 400 found after acceptance), and
 calls of a user limited to 20 calls/minute (429s, never accepted). Every accepted query
 must leave exactly one row (no duplicates) whose token counts equal what its client saw:
 `usage` for answered queries, the chunks read for abandoned streams (each chunk of the
@@ -90,7 +90,7 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 async def _plain(http: httpx.AsyncClient, marker: str) -> Seen:
     body = {
-        "prompt": f"plain {marker}",
+        "messages": [{"role": "user", "content": f"plain {marker}"}],
         "max_tokens": random.randint(1, 4),
         "client_request_id": marker,
     }
@@ -139,13 +139,15 @@ async def _stream(
 
 
 async def _too_long(http: httpx.AsyncClient, marker: str) -> Seen:
-    body = {"input": "hello " * 5000, "client_request_id": marker}
+    too_long = [{"role": "user", "content": "hello " * 5000}]  # past the 4,096-token context
+    body = {"messages": too_long, "client_request_id": marker}
     response = await http.post(f"/serving-endpoints/{NAME}/invocations", json=body)
     return Seen("too_long", response.status_code)
 
 
 async def _limited(http: httpx.AsyncClient, marker: str, token: str) -> Seen:
-    body = {"prompt": f"limited {marker}", "max_tokens": 1, "client_request_id": marker}
+    messages = [{"role": "user", "content": f"limited {marker}"}]
+    body = {"messages": messages, "max_tokens": 1, "client_request_id": marker}
     headers = {"Authorization": f"Bearer {token}"}
     response = await http.post(f"/serving-endpoints/{NAME}/invocations", json=body, headers=headers)
     seen = Seen("limited", response.status_code)

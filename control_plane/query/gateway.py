@@ -1,14 +1,15 @@
 """What the query path of one control-plane process holds: the lookup cache, the rate
-limiter, the usage ledger, metrics, the dispatcher and tokenizers. Built in the app's
-lifespan (`Gateway.start`), closed on shutdown (pending usage rows are flushed)."""
+limiter, the usage ledger, metrics, the replicas' handles and queues, and tokenizers.
+Built in the app's lifespan (`Gateway.start`), closed on shutdown (pending usage rows are
+flushed)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,20 +18,20 @@ from billing.ledger import UsageLedger
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.config import ServedEntity
 from control_plane.errors import RequestLimitExceeded, TemporarilyUnavailable
-from control_plane.gateway.dispatch import Dispatcher
-from control_plane.gateway.metrics import GatewayMetrics
-from control_plane.gateway.ratelimit import build_rate_limiter
-from control_plane.gateway.ratelimit.limiter import (
+from control_plane.ids import utcnow
+from control_plane.query.metrics import GatewayMetrics
+from control_plane.query.prompts import Tokenizers
+from control_plane.query.ratelimit import build_rate_limiter
+from control_plane.query.ratelimit.limiter import (
     RateLimited,
     RateLimiter,
     RateLimiterUnavailable,
     Reservation,
 )
-from control_plane.gateway.targets import QueryTarget, QueryTargets
-from control_plane.ids import utcnow
+from control_plane.query.replicas import Replicas
+from control_plane.query.targets import QueryTarget, QueryTargets
 from control_plane.settings import Settings
-from deploy.providers.base import Provider
-from workers.tokenizer import load_tokenizer
+from deploy.providers.base import AppStatus, Provider
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ class Gateway:
     limiter: RateLimiter
     ledger: UsageLedger
     metrics: GatewayMetrics
-    dispatcher: Dispatcher
-    app_statuses: Any  # () -> {app name: AppStatus}, the reconciler's last view
-    tokenizers: dict[str, Any] = field(default_factory=dict)
+    replicas: Replicas
+    app_statuses: Callable[[], dict[str, AppStatus]]  # the reconciler's last view
+    tokenizers: Tokenizers = field(default_factory=Tokenizers)
     _sampler: asyncio.Task[None] | None = None
 
     @classmethod
@@ -56,7 +57,7 @@ class Gateway:
         engine: Engine,
         sessions: sessionmaker[Session],
         provider: Provider,
-        app_statuses: Any,
+        app_statuses: Callable[[], dict[str, AppStatus]],
     ) -> Gateway:
         metrics = GatewayMetrics()
         ledger = UsageLedger(
@@ -69,11 +70,11 @@ class Gateway:
             settings=settings,
             sessions=sessions,
             provider=provider,
-            targets=QueryTargets(sessions, settings.workers, settings.gateway.lookup_cache_ttl_s),
+            targets=QueryTargets(sessions, settings.gateway.lookup_cache_ttl_s),
             limiter=build_rate_limiter(settings.redis_url),
             ledger=ledger,
             metrics=metrics,
-            dispatcher=Dispatcher(provider, settings, metrics, app_statuses),
+            replicas=Replicas(provider, settings, metrics, app_statuses),
             app_statuses=app_statuses,
         )
         gateway._sampler = asyncio.create_task(gateway._sample_forever(), name="replica-stats")
@@ -86,18 +87,7 @@ class Gateway:
         await self.ledger.close()
         await self.limiter.close()
 
-    # -- helpers of the query path --------------------------------------------------------
-    def tokenizer(self, entity: ServedEntity) -> Any:
-        name = entity.model_source.tokenizer_name()
-        if name not in self.tokenizers:
-            self.tokenizers[name] = load_tokenizer(name)
-        return self.tokenizers[name]
-
-    def token_text(self, entity: ServedEntity) -> Any:
-        """token id -> its text under `entity`'s tokenizer (for logprobs)."""
-        tokenizer = self.tokenizer(entity)
-        return lambda token_id: tokenizer.decode([token_id])
-
+    # -- the rate-limit step of the query path -------------------------------------------
     async def reserve(
         self, target: QueryTarget, request_id: str, prompt_tokens: int
     ) -> Reservation | None:
@@ -145,7 +135,7 @@ class Gateway:
             self.metrics.replicas.labels(*labels).set(running)
             if not running:
                 continue
-            handle = await self.dispatcher.handle(entity)
+            handle = await self.replicas.handle(entity)
             async with asyncio.timeout(self.settings.gateway.stats_interval_s):
                 stats = await handle.stats.remote()
             self.metrics.running_seqs.labels(*labels).set(stats.get("in_flight_requests", 0))

@@ -1,5 +1,5 @@
 """`InProcessRateLimiter`: the AI-gateway limiter of a single control-plane process (the
-embedded default), with the semantics described in `control_plane.gateway.ratelimit.limiter`.
+embedded default), with the semantics described in `control_plane.query.ratelimit.limiter`.
 Safe across asyncio tasks of one event loop (each reserve is check-then-record with no
 await in between), not across threads."""
 
@@ -10,13 +10,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from control_plane.gateway.ratelimit.limiter import (
+from control_plane.query.ratelimit.limiter import (
     RateLimited,
     RateLimiter,
     Reservation,
     retry_after_s,
 )
-from control_plane.gateway.ratelimit.rules import LimitRule
+from control_plane.query.ratelimit.rules import LimitRule
 
 _SWEEP_EVERY_S = 60.0  # how often idle buckets are dropped
 

@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.auth import Caller, Level, authenticate
 from control_plane.db.models import Endpoint, Principal
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimitKey
-from control_plane.endpoints.config import EndpointConfig
-from control_plane.endpoints.service import EndpointService
-from control_plane.gateway.ratelimit.rules import LimitRule, rules_for
-from control_plane.settings import WorkerDefaults
+from control_plane.endpoints.config import EndpointConfig, Task
+from control_plane.endpoints.lookup import by_name
+from control_plane.query.ratelimit.rules import LimitRule, rules_for
 
 _MAX_ENTRIES = 10_000
 
@@ -33,6 +32,7 @@ class QueryTarget:
     endpoint_id: str
     endpoint_name: str
     workspace_id: str | None
+    task: Task
     config: EndpointConfig | None  # the live config; None until the first one is ready
     ai_gateway: AiGatewayConfig
     rules: tuple[LimitRule, ...]
@@ -50,21 +50,10 @@ class QueryTarget:
         return self.ai_gateway.inference_table_enabled
 
 
-def _resolve(
-    session: Session, authorization: str | None, name: str, defaults: WorkerDefaults
-) -> QueryTarget:
+def _resolve(session: Session, authorization: str | None, name: str) -> QueryTarget:
     caller = authenticate(session, authorization)
-    service = EndpointService(session, caller, defaults, _no_check, _no_chunks)
-    endpoint, _ = service.by_name(name, Level.CAN_QUERY)
+    endpoint, _ = by_name(session, caller, name, Level.CAN_QUERY)
     return target_of(session, caller, endpoint)
-
-
-def _no_check(worker: object) -> None:
-    raise AssertionError("the query path reads endpoints; it never validates configs")
-
-
-def _no_chunks(family: str, name: str, version: str) -> int:
-    raise AssertionError("the query path reads endpoints; it never sizes capacity")
 
 
 def target_of(session: Session, caller: Caller, endpoint: Endpoint) -> QueryTarget:
@@ -80,6 +69,7 @@ def target_of(session: Session, caller: Caller, endpoint: Endpoint) -> QueryTarg
         endpoint_id=endpoint.id,
         endpoint_name=endpoint.name,
         workspace_id=endpoint.workspace_id,
+        task=endpoint.task,
         config=endpoint.config,
         ai_gateway=gateway,
         rules=tuple(rules_for(endpoint.id, limits, caller, groups)),
@@ -93,11 +83,8 @@ def _key(authorization: str | None, name: str) -> tuple[str, str]:
 class QueryTargets:
     """The resolution cache of one control-plane process."""
 
-    def __init__(
-        self, sessions: sessionmaker[Session], defaults: WorkerDefaults, ttl_s: float
-    ) -> None:
+    def __init__(self, sessions: sessionmaker[Session], ttl_s: float) -> None:
         self._sessions = sessions
-        self._defaults = defaults
         self._ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, QueryTarget]] = {}
 
@@ -129,4 +116,4 @@ class QueryTargets:
 
     def _load(self, authorization: str | None, name: str) -> QueryTarget:
         with self._sessions() as session:
-            return _resolve(session, authorization, name, self._defaults)
+            return _resolve(session, authorization, name)

@@ -1,4 +1,5 @@
-"""Sending a query to a served entity's replicas: bounded queues, timeouts, fallback.
+"""Sending a query to the replicas of its candidate served entities: bounded queues,
+timeouts, and fallback from one candidate to the next.
 
 - Backpressure: one process keeps at most `max_replicas x max_ongoing_requests +
   max_queued_requests` queries in flight per served entity; past that a query gets 503
@@ -8,8 +9,9 @@
   may be parked: the call itself wakes it) and finish within `query_timeout_s`. A timed-out
   call is cancelled on the replica, so a stuck replica never holds other requests.
 - Fallback: a failure before the first token (replica died, app gone, engine draining,
-  timeout) is retried once on the next candidate entity; client errors (the engine's
-  `ValueError`s) are not retried.
+  timeout, a full queue) moves on to the next candidate entity (`first_answer`); client
+  errors (the engine's `ValueError`s) are not retried. When every candidate failed, the
+  query gets 503 (`EntitiesUnavailable`) with the most useful Retry-After.
 """
 
 from __future__ import annotations
@@ -17,18 +19,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
+
+from prometheus_client import Gauge
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from control_plane.endpoints.config import ServedEntity as Entity
-from control_plane.errors import BadRequest, TemporarilyUnavailable
-from control_plane.gateway.metrics import GatewayMetrics
+from control_plane.errors import ApiError, BadRequest, TemporarilyUnavailable
+from control_plane.query.metrics import GatewayMetrics
 from control_plane.settings import Settings
 from deploy.providers.base import AppNotFound, AppPhase, AppStatus, Provider
-from workers.engine.request import Completion, TokenChunk, aggregate
+from workers.engine.embedding import EmbeddingResult
+from workers.engine.request import Completion, GenerationRequest, TokenChunk, aggregate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Stream = tuple[TokenChunk, AsyncGenerator[TokenChunk, None]]  # the first chunk, the rest
+
+
+class EntitiesUnavailable(TemporarilyUnavailable):
+    """No candidate entity answered (each failed before its first token, or was full)."""
 
 
 class ReplicaFailed(Exception):
@@ -58,7 +70,7 @@ def classify(exc: BaseException, entity: Entity) -> Exception:
 class Slot:
     """One query's place in a served entity's bounded queue; `release()` is idempotent."""
 
-    def __init__(self, counts: defaultdict[str, int], app: str, gauge: Any) -> None:
+    def __init__(self, counts: defaultdict[str, int], app: str, gauge: Gauge) -> None:
         self._counts = counts
         self._app = app
         self._gauge = gauge
@@ -79,7 +91,7 @@ class Timeouts:
     total_s: float
 
 
-class Dispatcher:
+class Replicas:
     def __init__(
         self,
         provider: Provider,
@@ -92,7 +104,7 @@ class Dispatcher:
         self._settings = settings
         self._metrics = metrics
         self._in_flight: defaultdict[str, int] = defaultdict(int)
-        self._handles: dict[str, tuple[Any, Any]] = {}
+        self._handles: dict[str, tuple[DeploymentHandle, DeploymentHandle]] = {}
 
     # -- admission ---------------------------------------------------------------------
     def capacity(self, entity: Entity) -> int:
@@ -130,6 +142,40 @@ class Dispatcher:
             self._metrics.wakes.labels(endpoint, entity.name).inc()
         return parked
 
+    # -- answering from the first candidate that can -------------------------------------
+    async def first_answer(
+        self,
+        endpoint: str,
+        candidates: list[Entity],
+        call: Callable[[Entity], Awaitable[T]],
+        tried: Callable[[Entity], None],
+    ) -> tuple[Entity, T, Slot]:
+        """`call(entity)` on the first candidate, then (before any token) the next ones.
+        `tried(entity)` hears of each attempt. Returns the answering entity, its answer
+        and the in-flight slot it holds (the caller releases it once the answer is sent)."""
+        last: Exception | None = None
+        for attempt, entity in enumerate(candidates):
+            tried(entity)
+            try:
+                slot = self.acquire(endpoint, entity)
+            except TemporarilyUnavailable as exc:
+                last = exc
+            else:
+                try:
+                    return entity, await call(entity), slot
+                except (ReplicaFailed, TemporarilyUnavailable) as exc:
+                    last = exc
+                    slot.release()
+                except BaseException:
+                    slot.release()
+                    raise
+            if attempt + 1 < len(candidates):
+                self._metrics.fallbacks.labels(endpoint, entity.name).inc()
+        retry_after = getattr(last, "retry_after_s", None) or self._settings.gateway.retry_after_s
+        if isinstance(last, ApiError) and last.headers:
+            retry_after = int(last.headers.get("Retry-After", retry_after))
+        raise EntitiesUnavailable(str(last), headers={"Retry-After": str(retry_after)})
+
     # -- calls -------------------------------------------------------------------------
     def _check_not_retired(self, entity: Entity) -> None:
         """A route read before a config update may name an app that is now being deleted;
@@ -142,13 +188,13 @@ class Dispatcher:
         if status is None or status.phase == AppPhase.DELETING:
             raise ReplicaFailed(f"served entity {entity.name!r} has been retired")
 
-    async def handle(self, entity: Entity, *, stream: bool = False) -> Any:
+    async def handle(self, entity: Entity, *, stream: bool = False) -> DeploymentHandle:
         self._check_not_retired(entity)
         app = entity.app_name
         pair = self._handles.get(app)
         if pair is None:
             try:  # the first lookup asks the Serve controller: keep it off the event loop
-                handle = await asyncio.to_thread(self._provider.handle, app)
+                handle: DeploymentHandle = await asyncio.to_thread(self._provider.handle, app)
             except AppNotFound as exc:
                 raise ReplicaFailed(f"served entity {entity.name!r}: {exc}") from None
             pair = self._handles.setdefault(app, (handle, handle.options(stream=True)))
@@ -157,29 +203,40 @@ class Dispatcher:
     def forget(self, app: str) -> None:
         self._handles.pop(app, None)
 
-    async def complete(self, endpoint: str, entity: Entity, request: Any) -> Completion:
+    async def complete(
+        self, endpoint: str, entity: Entity, request: GenerationRequest
+    ) -> Completion:
         """A whole answer. A parked entity is woken through a stream, so that the wait for
         its first replica is bounded on its own (`scale_from_zero_timeout_s`)."""
         if not self._wake(endpoint, entity):
-            result: Completion = await self.call(entity, "complete", request)
+            handle = await self.handle(entity)
+            result: Completion = await self._unary(
+                entity, _unary(handle.complete.remote(request)), parked=False
+            )
             return result
         first, rest = await self._open(entity, request, parked=True)
         return aggregate([first] + [chunk async for chunk in rest])
 
-    async def embed(self, endpoint: str, entity: Entity, inputs: list[list[int]]) -> Any:
-        return await self.call(entity, "embed", inputs, parked=self._wake(endpoint, entity))
+    async def embed(
+        self, endpoint: str, entity: Entity, inputs: list[list[int]]
+    ) -> EmbeddingResult:
+        parked = self._wake(endpoint, entity)
+        handle = await self.handle(entity)
+        result: EmbeddingResult = await self._unary(
+            entity, _unary(handle.embed.remote(inputs)), parked=parked
+        )
+        return result
 
     async def open_stream(
-        self, endpoint: str, entity: Entity, request: Any
-    ) -> tuple[TokenChunk, AsyncIterator[TokenChunk]]:
+        self, endpoint: str, entity: Entity, request: GenerationRequest
+    ) -> Stream:
         """Start a stream and wait (bounded) for its first chunk; then the rest."""
         return await self._open(entity, request, parked=self._wake(endpoint, entity))
 
-    async def call(self, entity: Entity, method: str, *args: Any, parked: bool = False) -> Any:
-        """A unary replica method (`complete`, `embed`), bounded by the entity's timeouts."""
-        handle = await self.handle(entity, stream=False)
+    async def _unary(self, entity: Entity, response: DeploymentResponse[T], *, parked: bool) -> T:
+        """The answer of a unary replica call (`complete`, `embed`), bounded by the
+        entity's timeouts; cancelled on the replica when it runs out or the caller leaves."""
         limits = self.timeouts(entity, parked=parked)
-        response = getattr(handle, method).remote(*args)
         try:
             async with asyncio.timeout(limits.total_s):
                 return await response
@@ -192,12 +249,11 @@ class Dispatcher:
             self._on_failure(entity, exc)
             raise classify(exc, entity) from exc
 
-    async def _open(
-        self, entity: Entity, request: Any, *, parked: bool
-    ) -> tuple[TokenChunk, AsyncIterator[TokenChunk]]:
+    async def _open(self, entity: Entity, request: GenerationRequest, *, parked: bool) -> Stream:
         handle = await self.handle(entity, stream=True)
         limits = self.timeouts(entity, parked=parked)
         generator = handle.generate.remote(request)
+        assert isinstance(generator, DeploymentResponseGenerator), "a streaming handle"
         try:
             async with asyncio.timeout(limits.first_chunk_s):
                 first: TokenChunk = await generator.__anext__()
@@ -218,8 +274,8 @@ class Dispatcher:
         return first, self._rest(entity, generator, limits.total_s)
 
     async def _rest(
-        self, entity: Entity, generator: Any, total_s: float
-    ) -> AsyncIterator[TokenChunk]:
+        self, entity: Entity, generator: DeploymentResponseGenerator, total_s: float
+    ) -> AsyncGenerator[TokenChunk, None]:
         """The remaining chunks; the deadline bounds each wait (never spans a `yield`, so
         a slow client is not mistaken for a slow replica)."""
         deadline = asyncio.get_running_loop().time() + total_s
@@ -245,3 +301,10 @@ class Dispatcher:
         if not isinstance(exc, ValueError):
             log.warning("served entity %s failed: %r", entity.name, exc)
             self.forget(entity.app_name)  # a fresh handle next time (app may be redeployed)
+
+
+def _unary(
+    response: DeploymentResponse[T] | DeploymentResponseGenerator[T],
+) -> DeploymentResponse[T]:
+    assert isinstance(response, DeploymentResponse), "a unary handle call"
+    return response

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import random
 
-from control_plane.endpoints.config import EndpointConfig, ServedEntity
+from control_plane.endpoints.config import ServedEntity
 from control_plane.errors import TemporarilyUnavailable
+from control_plane.query.targets import QueryTarget
 
 RETRY_AFTER_S = 5
 MAX_ATTEMPTS = 2  # the chosen entity and one fallback
 
 
-def candidates(
-    config: EndpointConfig | None, endpoint_name: str, *, fallback: bool
-) -> list[ServedEntity]:
+def candidates(target: QueryTarget) -> list[ServedEntity]:
+    """The entities to try, in order: one drawn by the traffic split, then (fallback on)
+    the next one."""
+    config, endpoint_name = target.config, target.endpoint_name
     if config is None:
         raise TemporarilyUnavailable(
             f"endpoint {endpoint_name!r} is not ready yet; retry shortly",
@@ -34,7 +36,7 @@ def candidates(
         )
     chosen = random.choices(live, weights=[weights[n] for n in live])[0]
     order = [chosen]
-    if fallback:
+    if target.fallback_enabled:
         others = sorted((n for n in entities if n != chosen), key=lambda n: -weights.get(n, 0))
         order += others
     return [entities[name] for name in order[:MAX_ATTEMPTS]]

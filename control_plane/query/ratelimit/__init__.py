@@ -5,15 +5,15 @@ process (`redis_counters`). `build_rate_limiter(redis_url)` picks one."""
 
 from __future__ import annotations
 
-from control_plane.gateway.ratelimit.limiter import RateLimiter
+from control_plane.query.ratelimit.limiter import RateLimiter
 
 
 def build_rate_limiter(redis_url: str | None) -> RateLimiter:
     """Redis-backed counters shared by every process when `redis_url` is set, else in-process."""
     if not redis_url:
-        from control_plane.gateway.ratelimit.in_process import InProcessRateLimiter
+        from control_plane.query.ratelimit.in_process import InProcessRateLimiter
 
         return InProcessRateLimiter()
-    from control_plane.gateway.ratelimit.redis_counters import RedisRateLimiter
+    from control_plane.query.ratelimit.redis_counters import RedisRateLimiter
 
     return RedisRateLimiter(redis_url)

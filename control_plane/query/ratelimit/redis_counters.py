@@ -22,14 +22,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 
-from control_plane.gateway.ratelimit.limiter import (
+from control_plane.query.ratelimit.limiter import (
     RateLimited,
     RateLimiter,
     RateLimiterUnavailable,
     Reservation,
     retry_after_s,
 )
-from control_plane.gateway.ratelimit.rules import LimitRule
+from control_plane.query.ratelimit.rules import LimitRule
 
 KEY_PREFIX = "moeserve:rl:"
 _BUCKET_KEYS = ("log", "weights", "total")

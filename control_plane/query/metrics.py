@@ -7,7 +7,6 @@ exposes the samples labelled with that endpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
@@ -19,12 +18,12 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 @dataclass(frozen=True)
 class EntitySeries:
-    ttft: Any
-    inter_token: Any
-    e2e: Any
-    input_tokens: Any
-    output_tokens: Any
-    queue_depth: Any
+    ttft: Histogram
+    inter_token: Histogram
+    e2e: Histogram
+    input_tokens: Counter
+    output_tokens: Counter
+    queue_depth: Gauge
 
 
 class GatewayMetrics:

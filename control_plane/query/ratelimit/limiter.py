@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from control_plane.gateway.ratelimit.rules import LimitRule
+from control_plane.query.ratelimit.rules import LimitRule
 
 
 class RateLimited(Exception):

@@ -1,0 +1,165 @@
+"""What the billing API answers, as typed models: request-level usage rows, hourly usage
+records, list prices, invoices and their lines, the pricing-mode estimate.
+
+DBUs and money are `Decimal`s, sent as exact decimal strings (never floats, no storage
+padding); times are ISO 8601 in UTC. Listings answer `{name: [rows]}` as JSON, or CSV with
+the same columns (`listing.listing`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+
+def _exact(value: Decimal) -> str:
+    return format(value.normalize(), "f")  # exact, no exponent, no storage padding
+
+
+ExactDecimal = Annotated[Decimal, PlainSerializer(_exact, return_type=str, when_used="json")]
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class EndpointUsageRow(_Row):
+    """One accepted query (Databricks `system.serving.endpoint_usage`)."""
+
+    databricks_request_id: str
+    client_request_id: str | None
+    requester: str
+    status_code: int
+    request_time: datetime
+    served_entity_id: str
+    endpoint_name: str
+    endpoint_id: str
+    workspace_id: str | None
+    input_token_count: int
+    output_token_count: int
+    request_streaming: bool
+    usage_context: dict[str, str] | None
+
+
+class EndpointUsageList(BaseModel):
+    endpoint_usage: list[EndpointUsageRow]
+
+
+class UsageRecordRow(_Row):
+    """One hourly record (Databricks `system.billing.usage`)."""
+
+    record_id: str
+    account_id: str
+    workspace_id: str | None
+    sku_name: str
+    cloud: str
+    usage_start_time: datetime
+    usage_end_time: datetime
+    usage_date: date
+    custom_tags: dict[str, str]
+    usage_unit: str
+    usage_quantity: ExactDecimal
+    usage_metadata: dict[str, Any]
+    identity_metadata: dict[str, Any]
+    record_type: str = Field(description="ORIGINAL, RETRACTION or RESTATEMENT")
+    billing_origin_product: str
+    product_features: dict[str, Any]
+    usage_type: str = Field(description="TOKEN, GPU_TIME or COMPUTE_TIME")
+
+
+class UsageRecordList(BaseModel):
+    records: list[UsageRecordRow]
+
+
+class ListPriceRow(_Row):
+    """One SKU's price (Databricks `system.billing.list_prices`)."""
+
+    sku_name: str
+    cloud: str
+    currency_code: str
+    usage_unit: str
+    price_start_time: datetime
+    price_end_time: datetime | None
+    pricing: dict[str, ExactDecimal] = Field(description='{"default": $ per usage unit}')
+
+
+class ListPriceList(BaseModel):
+    prices: list[ListPriceRow]
+
+
+class InvoiceLineRow(_Row):
+    line_no: int
+    sku_name: str
+    endpoint_id: str
+    endpoint_name: str
+    usage_type: str
+    dbu: ExactDecimal
+    dollars_per_dbu: ExactDecimal
+    amount: ExactDecimal = Field(description="dbu x dollars_per_dbu, rounded half-even to cents")
+
+
+class InvoiceRow(_Row):
+    invoice_id: str
+    account_id: str
+    workspace_id: str
+    period: str = Field(description="YYYY-MM (UTC)")
+    currency: str
+    status: str = Field(description="draft, open, paid or payment_failed")
+    subtotal: ExactDecimal
+    total: ExactDecimal = Field(description="the sum of the rounded lines")
+    rate_card_version: str | None
+    created_at: datetime
+    stripe_invoice_id: str | None
+
+
+class InvoiceList(BaseModel):
+    invoices: list[InvoiceRow]
+
+
+class InvoiceDetail(InvoiceRow):
+    lines: list[InvoiceLineRow]
+
+
+class InvoiceLineList(BaseModel):
+    invoice_lines: list[InvoiceLineRow]
+
+
+class Cost(BaseModel):
+    dbu: ExactDecimal
+    dollars: ExactDecimal
+
+
+class ActualCost(Cost):
+    mode: str = Field(description="pay_per_token or provisioned_throughput")
+
+
+class AlternativeCost(ActualCost):
+    provisioned_chunks: int
+    throughput_chunk_size: int
+
+
+class Traffic(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    peak_tokens_per_s: ExactDecimal
+    output_share: ExactDecimal
+
+
+class Estimate(BaseModel):
+    """An endpoint's cost over a window, and the same traffic in the other pricing mode."""
+
+    endpoint_name: str
+    start_time: datetime
+    end_time: datetime
+    actual: ActualCost
+    alternative: AlternativeCost
+    break_even_tokens_per_s: ExactDecimal
+    traffic: Traffic
+    dollars_per_dbu: ExactDecimal
+
+
+class WebhookResult(BaseModel):
+    result: str

@@ -1,0 +1,280 @@
+"""The query API: its HTTP routes, and in `answer` one query from request to usage row.
+
+Routes: `POST /serving-endpoints/{name}/invocations` (the endpoint's task decides the body:
+chat, completions or embeddings), the OpenAI-style `POST /serving-endpoints/chat/completions`,
+`/completions` and `/embeddings` (the endpoint in the body's `model`; the route must match
+the endpoint's task), and `GET /serving-endpoints/models`.
+
+`answer` reads top to bottom: authenticate and resolve the target, parse the body against the
+endpoint's task, rate limit, tokenize, dispatch to a replica (traffic split, fallback), shape
+the response, account. Everything after admission runs inside `Accounting`, which records
+exactly one usage row whatever happens; whole answers leave it before they are sent, streams
+before their last bytes (`streaming`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from control_plane.api.deps import CallerDep, EndpointsDep
+from control_plane.auth import Level, level_of
+from control_plane.endpoints.config import ServedEntity
+from control_plane.errors import InvalidParameter, TemporarilyUnavailable
+from control_plane.ids import to_millis
+from control_plane.query import responses, streaming, traffic
+from control_plane.query.accounting import Accounting
+from control_plane.query.gateway import Gateway
+from control_plane.query.prompts import PromptIds
+from control_plane.query.replicas import EntitiesUnavailable, Slot
+from control_plane.query.requests import (
+    KIND_FIELD,
+    KIND_OF_TASK,
+    ChatRequest,
+    EmbeddingsRequest,
+    GenerationBody,
+    JsonObject,
+    QueryKind,
+    parse_request,
+)
+from control_plane.query.targets import QueryTarget
+from workers.engine.request import GenerationRequest
+
+router = APIRouter(prefix="/serving-endpoints", tags=["query"])
+T = TypeVar("T")
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
+Answer = responses.ChatCompletion | responses.TextCompletion | responses.EmbeddingList
+
+
+@router.get("/models", response_model=responses.ModelList)
+def list_models(endpoints: EndpointsDep, caller: CallerDep) -> responses.ModelList:
+    """The endpoints this caller may query, as an OpenAI model list."""
+    queryable = [
+        e for e in endpoints.listed() if level_of(endpoints.session, e, caller) >= Level.CAN_QUERY
+    ]
+    cards = [
+        responses.ModelCard(id=e.name, created=to_millis(e.created_at) // 1000, owned_by=e.creator)
+        for e in queryable
+    ]
+    return responses.ModelList(data=cards)
+
+
+@router.post("/chat/completions", response_model=responses.ChatCompletion, responses=_STREAM)
+async def chat_completions(request: Request) -> Response:
+    """Chat with the endpoint named in `model` (its task must be llm/v1/chat)."""
+    return await answer(request, QueryKind.CHAT)
+
+
+@router.post("/completions", response_model=responses.TextCompletion, responses=_STREAM)
+async def completions(request: Request) -> Response:
+    """Complete a prompt with the endpoint named in `model` (task llm/v1/completions)."""
+    return await answer(request, QueryKind.COMPLETIONS)
+
+
+@router.post("/embeddings", response_model=responses.EmbeddingList)
+async def embeddings(request: Request) -> Response:
+    """Embed texts with the endpoint named in `model` (task llm/v1/embeddings)."""
+    return await answer(request, QueryKind.EMBEDDINGS)
+
+
+@router.post("/{name}/invocations", response_model=Answer, responses=_STREAM)
+async def invocations(name: str, request: Request) -> Response:
+    """Query endpoint `name` with the body its task takes (see its /openapi)."""
+    return await answer(request, None, name)
+
+
+# -- one query -------------------------------------------------------------------------------
+async def answer(request: Request, kind: QueryKind | None, name: str | None = None) -> Response:
+    """One query, from the HTTP request to its usage row. `kind` is the OpenAI route's, or
+    None for `invocations` (the endpoint's task decides); `name` the endpoint, or None when
+    the body's `model` names it."""
+    gateway = _gateway(request)
+    raw = await _json_object(request)
+    # 1-2. authenticate, resolve the target: caller, endpoint, CAN_QUERY, limits (cached)
+    authorization = request.headers.get("authorization")
+    target = await gateway.targets.resolve(authorization, name or _model_of(raw))
+    body = parse_request(_kind_for(target, kind, raw), raw)
+    candidates = traffic.candidates(target)
+    prompt = PromptIds(body, gateway.tokenizers)
+    request_id = uuid.uuid4().hex
+    # 3. rate limit: every limit counts the call; a token limit also counts the prompt,
+    #    which is tokenized for it under the first candidate's tokenizer (step 4)
+    limits_tokens = any(rule.tokens is not None for rule in target.rules)
+    prompt_tokens = sum(map(len, prompt.of(candidates[0]))) if limits_tokens else 0
+    reservation = await gateway.reserve(target, request_id, prompt_tokens)
+    accounting = Accounting(
+        request_id=request_id,
+        target=target,
+        entity=candidates[0],
+        streaming=body.stream,
+        client_request_id=body.client_request_id,
+        usage_context=body.usage_context,
+        reservation=reservation,
+        request_time=gateway.admitted_at(reservation),
+        request_payload=json.dumps(raw) if target.inference_table_enabled else None,
+        ledger=gateway.ledger,
+        limiter=gateway.limiter,
+        metrics=gateway.metrics,
+    )
+    query = Query(gateway, authorization, target, candidates, prompt, accounting)
+    # 4-7. tokenize per candidate, dispatch, shape, account (one usage row, whatever happens)
+    shaped: Answer
+    if isinstance(body, EmbeddingsRequest):
+        async with accounting:
+            entity, shaped = await _embed(query, body)
+    elif body.stream:
+        return await streaming.respond(_stream(query, body), body, accounting)
+    else:
+        async with accounting:  # the row is committed before the answer is sent
+            entity, shaped = await _complete(query, body)
+    return Response(
+        shaped.model_dump_json(),
+        media_type="application/json",
+        headers={"served-model-name": entity.name},
+    )
+
+
+@dataclass(frozen=True)
+class Query:
+    """An accepted query, as the steps after admission need it."""
+
+    gateway: Gateway
+    authorization: str | None
+    target: QueryTarget
+    candidates: list[ServedEntity]
+    prompt: PromptIds
+    accounting: Accounting
+
+    @property
+    def endpoint(self) -> str:
+        return self.target.endpoint_name
+
+    async def first_answer(
+        self, call: Callable[[ServedEntity], Awaitable[T]]
+    ) -> tuple[ServedEntity, T, Slot]:
+        """Dispatch: `call` on the first candidate that answers; then, since a cached
+        route may name apps a config update has since retired, on a re-read config's."""
+        replicas, tried = self.gateway.replicas, self.accounting.tried
+        try:
+            return await replicas.first_answer(self.endpoint, self.candidates, call, tried)
+        except EntitiesUnavailable:
+            fresh = await self.gateway.targets.reload(self.authorization, self.endpoint)
+            if fresh.config_version == self.target.config_version:
+                raise
+            return await replicas.first_answer(
+                self.endpoint, traffic.candidates(fresh), call, tried
+            )
+
+    def generation(self, body: GenerationBody, entity: ServedEntity) -> GenerationRequest:
+        return body.generation_request(self.accounting.request_id, self.prompt.of(entity)[0])
+
+
+async def _complete(
+    query: Query, body: GenerationBody
+) -> tuple[ServedEntity, responses.ChatCompletion | responses.TextCompletion]:
+    replicas = query.gateway.replicas
+    entity, result, slot = await query.first_answer(
+        lambda e: replicas.complete(query.endpoint, e, query.generation(body, e))
+    )
+    slot.release()
+    query.accounting.delivered(result.usage, "".join(result.texts.values()))
+    text_of = query.gateway.tokenizers.token_text(entity)
+    rid = query.accounting.request_id
+    if isinstance(body, ChatRequest):
+        return entity, responses.chat_completion(rid, entity.name, result, text_of)
+    return entity, responses.text_completion(rid, entity.name, result, text_of)
+
+
+async def _embed(
+    query: Query, body: EmbeddingsRequest
+) -> tuple[ServedEntity, responses.EmbeddingList]:
+    replicas = query.gateway.replicas
+    entity, result, slot = await query.first_answer(
+        lambda e: replicas.embed(query.endpoint, e, query.prompt.of(e))
+    )
+    slot.release()
+    query.accounting.delivered(result.usage)
+    vectors, tokens = result.vectors, result.usage.prompt_tokens
+    return entity, responses.embedding_list(entity.name, vectors, tokens, body.encoding_format)
+
+
+async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, None]:
+    """Steps 5-7 of a stream, as SSE events. The first item ("") says the first chunk
+    arrived: an error before it is a plain HTTP error, one after it an error event. The
+    usage row is committed before the usage chunk and `data: [DONE]`."""
+    accounting, replicas = query.accounting, query.gateway.replicas
+    started = False
+    try:
+        async with accounting:
+            entity, (first, rest), slot = await query.first_answer(
+                lambda e: replicas.open_stream(query.endpoint, e, query.generation(body, e))
+            )
+            try:
+                accounting.prompt_processed(first.usage)  # counts even if the client leaves now
+                started = True
+                yield ""
+                text_of = query.gateway.tokenizers.token_text(entity)
+                async for event in streaming.events(body, accounting, first, rest, text_of):
+                    yield event
+            finally:
+                slot.release()
+                await rest.aclose()  # cancels the replica's stream if it is still running
+    except Exception as exc:
+        if not started:
+            raise
+        yield streaming.error_event(exc)
+        return
+    yield streaming.closing(body, accounting)
+
+
+# -- the request, before the query ------------------------------------------------------------
+def _gateway(request: Request) -> Gateway:
+    # The app state, not a FastAPI dependency: this is the hot path.
+    gateway: Gateway | None = request.app.state.plane.gateway
+    if gateway is None:
+        raise TemporarilyUnavailable("the query gateway is starting", headers={"Retry-After": "1"})
+    return gateway
+
+
+async def _json_object(request: Request) -> JsonObject:
+    try:
+        raw = json.loads(await request.body())
+    except ValueError:
+        raise InvalidParameter("the request body must be JSON") from None
+    if not isinstance(raw, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    return raw
+
+
+def _model_of(raw: JsonObject) -> str:
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidParameter("name the endpoint in the body's `model` field (a string)")
+    return model
+
+
+def _kind_for(target: QueryTarget, route: QueryKind | None, raw: JsonObject) -> QueryKind:
+    """The kind of request the endpoint answers: its task's. An OpenAI route of another
+    kind, or a native body carrying another kind's field, is refused naming the task."""
+    kind = KIND_OF_TASK[target.task]
+    name, task = target.endpoint_name, target.task.value
+    if route is not None and route != kind:
+        raise InvalidParameter(
+            f"endpoint {name!r} serves {task}: send its queries to "
+            f"POST /serving-endpoints/{kind.value}, not /{route.value}"
+        )
+    foreign = sorted(field for k, field in KIND_FIELD.items() if k != kind and field in raw)
+    if foreign:
+        raise InvalidParameter(
+            f"endpoint {name!r} serves {task}: its requests carry `{KIND_FIELD[kind]}`, "
+            f"not `{'`, `'.join(foreign)}`"
+        )
+    return kind

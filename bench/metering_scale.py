@@ -37,6 +37,7 @@ from billing.ratecard import load_rate_cards
 START = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
 COLUMNS = (
     "databricks_request_id, requester, status_code, request_time, served_entity_id, "
+    "entity_name, entity_version, model_family, workload_type, "
     "endpoint_name, endpoint_id, workspace_id, account_id, input_token_count, "
     "output_token_count, request_streaming"
 )
@@ -51,11 +52,7 @@ def fresh_database() -> Iterator[Engine]:
 
 def context() -> MeteringContext:
     return MeteringContext(
-        cloud="aws",
-        region="us-east-1",
-        tier="PREMIUM",
-        rate_cards=load_rate_cards(),
-        family_of=lambda name, _version: "mixtral" if name.startswith("mixtral") else "dbrx",
+        cloud="aws", region="us-east-1", tier="PREMIUM", rate_cards=load_rate_cards()
     )
 
 
@@ -78,7 +75,8 @@ def load_usage(engine: Engine, rows: int, *, seed: int = 0) -> tuple[int, int]:
                     moment = START + timedelta(microseconds=rng.randrange(86_400_000_000))
                     buffer.write(
                         f"req-{i}\tuser@example.com\t200\t{moment.isoformat()}\t"
-                        f"dbrx-tiny-{i // 50 % 2}\tep{endpoint}\tep-{endpoint}\tws-{endpoint % 5}\t"
+                        f"dbrx-tiny-{i // 50 % 2}\tdbrx-tiny\t1\tdbrx\tCPU\t"
+                        f"ep{endpoint}\tep-{endpoint}\tws-{endpoint % 5}\t"
                         f"acct-1\t{tokens_in}\t{tokens_out}\tf\n"
                     )
                 copy.write(buffer.getvalue())
@@ -117,6 +115,10 @@ async def _ledger_rows_per_s(engine: Engine, count: int) -> dict[str, Any]:
             status_code=200,
             request_time=now,
             served_entity_id="dbrx-tiny-1",
+            entity_name="dbrx-tiny",
+            entity_version="1",
+            model_family="dbrx",
+            workload_type="CPU",
             endpoint_name="chat",
             endpoint_id="ep-ledger",
             account_id="acct-1",

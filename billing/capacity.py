@@ -29,6 +29,7 @@ class CapacityInterval(BillingBase):
     served_entity_name: Mapped[str] = mapped_column(String(255))
     entity_name: Mapped[str] = mapped_column(String(255))
     entity_version: Mapped[str] = mapped_column(String(64))
+    model_family: Mapped[str] = mapped_column(String(32))  # the rate card's key
     workload_type: Mapped[str] = mapped_column(String(32))
     workload_size: Mapped[str | None] = mapped_column(String(16))
     min_replicas: Mapped[int] = mapped_column(Integer)

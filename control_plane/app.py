@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.exc import IntegrityError
 
+from billing.jobs import BillingJobs
 from billing.ratecard import load_rate_cards
 from control_plane.api import (
     discovery,
@@ -29,10 +30,10 @@ from control_plane.billing_api import estimate as billing_estimate
 from control_plane.billing_api import invoices as billing_invoices
 from control_plane.billing_api import records as billing_records
 from control_plane.billing_api import usage as billing_usage
-from control_plane.billing_api.runtime import billing_loop
 from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import install_error_handlers
+from control_plane.ids import utcnow
 from control_plane.query import routes as query_routes
 from control_plane.query.gateway import Gateway
 from control_plane.reconciler import Reconciler
@@ -61,9 +62,7 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
         )
         if settings.billing.run_metering:
             plane.tasks.append(
-                asyncio.create_task(
-                    billing_loop(settings, plane.rate_cards, plane.sessions), name="billing"
-                )
+                asyncio.create_task(plane.billing.run_forever(utcnow), name="billing")
             )
         if settings.run_reconciler:
             plane.tasks.append(asyncio.create_task(plane.reconciler.run(), name="reconciler"))
@@ -124,6 +123,7 @@ def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlan
         provider=provider,
         reconciler=Reconciler(sessions, provider, settings),
         rate_cards=rate_cards,
+        billing=BillingJobs(engine, settings.billing, settings.cloud, rate_cards),
     )
     for attempt in range(2):  # two processes bootstrapping one database: the loser re-reads
         with sessions() as session:

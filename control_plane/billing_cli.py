@@ -27,17 +27,17 @@ def add_billing_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def run_billing(args: argparse.Namespace, settings: Settings) -> int:
-    from control_plane.billing_api.runtime import close_month, meter_now, stripe_gateway
-    from control_plane.db import build_engine, session_factory, upgrade
+    from billing.jobs import BillingJobs
+    from control_plane.db import build_engine, upgrade
     from control_plane.ids import utcnow
 
     engine = build_engine(settings.resolved_database_url())
     upgrade(engine)
-    sessions = session_factory(engine)
     rate_cards = load_rate_cards(settings.billing.rate_card_dir)
+    jobs = BillingJobs(engine, settings.billing, settings.cloud, rate_cards)
     try:
         if args.billing_command == "run":
-            report = meter_now(settings, rate_cards, sessions, utcnow())
+            report = jobs.meter(utcnow())
             window = f"{report.window_start:%Y-%m-%d %H:00} .. {report.window_end:%Y-%m-%d %H:00}"
             print(
                 f"metered {window} UTC: {report.originals} original, "
@@ -45,7 +45,7 @@ def run_billing(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0
         try:
-            invoices = close_month(settings, rate_cards, sessions, args.period, utcnow())
+            invoices = jobs.close_month(args.period, utcnow())
         except (InvalidPeriodError, PeriodNotEndedError) as exc:
             print(f"moeserve billing close: {exc}")
             return 2
@@ -56,11 +56,9 @@ def run_billing(args: argparse.Namespace, settings: Settings) -> int:
             )
         if not invoices:
             print(f"no usage in {args.period}: no invoices")
-        gateway = stripe_gateway(settings)
+        gateway = jobs.stripe()
         if gateway is not None and settings.billing.stripe_delivery == "invoices":
-            from billing.stripe_gateway import deliver_pending
-
-            print(f"stripe: {deliver_pending(engine, gateway, utcnow())}")
+            print(f"stripe: {jobs.deliver(utcnow(), gateway)}")
         return 0
     finally:
         engine.dispose()

@@ -1,7 +1,7 @@
 """Typed control-plane settings (pydantic-settings, `MOESERVE_` env prefix, `__` for nesting).
 
 Built once by `moeserve run` (or a test) and passed to `create_app(settings)`; nothing
-reads the environment at import time. Helm values map 1:1 onto these fields.
+reads the environment at import time. Every field is documented in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from billing.settings import BillingSettings, Cloud
 from control_plane.endpoints.config import Task
 from workers.engine.config import EngineConfig
 
 SHARED_PREFIX = "databricks-"
-DEFAULT_REGIONS = {"local": "local", "aws": "us-east-1", "gcp": "us-central1", "azure": "eastus"}
 
 
 class SharedEndpoint(BaseModel):
@@ -88,7 +88,8 @@ class GatewaySettings(BaseModel):
         default=64,
         ge=0,
         description="requests one control-plane process queues per served entity beyond "
-        "what its replicas take (max_replicas x max_ongoing_requests); past it: 429",
+        "what its replicas take (max_replicas x max_ongoing_requests); past it: 503 with "
+        "Retry-After",
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After when saturated")
     wake_retry_after_s: int = Field(
@@ -105,37 +106,6 @@ class GatewaySettings(BaseModel):
         default=True,
         description="/metrics needs an account admin's bearer token (Prometheus "
         "`authorization` in the scrape config); false: open to anyone who can reach it",
-    )
-
-
-class BillingSettings(BaseModel):
-    """Where this installation runs (prices differ by cloud, region and tier), the rate
-    cards, how often usage is metered, and Stripe."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    region: str | None = Field(
-        default=None,
-        description="the cloud region this installation bills in (its SKUs and $/DBU); "
-        "default: local, us-east-1, us-central1 or eastus for the cloud",
-    )
-    tier: Literal["PREMIUM", "ENTERPRISE"] = "PREMIUM"
-    rate_card_dir: Path | None = Field(
-        default=None, description="versioned rate-card TOML files; default: the packaged ones"
-    )
-    metering_interval_s: float = Field(
-        default=60, gt=0, description="how often usage rows and capacity become hourly records"
-    )
-    run_metering: bool = Field(default=True, description="meter in this process")
-    stripe_api_key: SecretStr | None = Field(default=None, description="off when unset")
-    stripe_api_base: str | None = Field(
-        default=None, description="another Stripe API address (tests, proxies)"
-    )
-    stripe_webhook_secret: SecretStr | None = None
-    stripe_delivery: Literal["meter_events", "invoices"] = Field(
-        default="invoices",
-        description="meter_events: one Stripe meter event per hourly record; invoices: "
-        "invoice items and an invoice at period close",
     )
 
 
@@ -165,7 +135,7 @@ class Settings(BaseSettings):
     account_name: str = "moeserve"
     workspace_name: str = "default"
     admin_user_name: str = "admin"
-    cloud: Literal["local", "aws", "gcp", "azure"] = "local"
+    cloud: Cloud = "local"
     shared_endpoints: list[SharedEndpoint] = Field(
         default_factory=lambda: [
             SharedEndpoint(name="databricks-dbrx-tiny", entity_name="dbrx-tiny"),
@@ -234,7 +204,7 @@ class Settings(BaseSettings):
         return self
 
     def billing_region(self) -> str:
-        return self.billing.region or DEFAULT_REGIONS[self.cloud]
+        return self.billing.region_in(self.cloud)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from billing.jobs import BillingJobs
 from billing.ratecard import RateCards
 from control_plane.ids import utcnow
 from control_plane.query.gateway import Gateway
@@ -25,6 +26,7 @@ class ControlPlane:
     provider: Provider
     reconciler: Reconciler
     rate_cards: RateCards
+    billing: BillingJobs
     generated_admin_token: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     gateway: Gateway | None = None  # the query path; started in the app's lifespan

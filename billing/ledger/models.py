@@ -20,15 +20,20 @@ REQUEST_ID_LENGTH = 64
 CLIENT_REQUEST_ID_LENGTH = 256
 ID_LENGTH = 32  # account, workspace and endpoint ids (control-plane ids)
 ENDPOINT_NAME_LENGTH = 63
-NAME_LENGTH = 255  # principal names, served entity names
+NAME_LENGTH = 255  # principal names, served entity names, model names
+VERSION_LENGTH = 64
+KIND_LENGTH = 32  # model families, workload types
 
 
 class EndpointUsage(BillingBase):
     """One row per served request, written once when the request completes (or fails).
 
     `databricks_request_id` is the server-chosen request id and the idempotency key: writing
-    the same id twice keeps the first row. `workspace_id` is NULL for account-shared
-    endpoints. Hourly billing aggregates by `request_time`, per endpoint.
+    the same id twice keeps the first row. `workspace_id` is the caller's (the tenant billed,
+    also on account-shared endpoints). Hourly billing aggregates by `request_time`, per
+    endpoint. The row carries what prices it — the model (`entity_name`, `entity_version`),
+    its `model_family` (the rate card's key) and the `workload_type` it ran on — as the
+    gateway knew them, so metering needs nothing but this table.
     """
 
     __tablename__ = "endpoint_usage"
@@ -39,6 +44,10 @@ class EndpointUsage(BillingBase):
     status_code: Mapped[int] = mapped_column(Integer)
     request_time: Mapped[datetime] = mapped_column(index=True)
     served_entity_id: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    entity_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    entity_version: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    model_family: Mapped[str] = mapped_column(String(KIND_LENGTH))
+    workload_type: Mapped[str] = mapped_column(String(KIND_LENGTH))
     endpoint_name: Mapped[str] = mapped_column(String(ENDPOINT_NAME_LENGTH))
     endpoint_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     workspace_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))

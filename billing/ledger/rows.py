@@ -12,8 +12,10 @@ from billing.ledger.models import (
     CLIENT_REQUEST_ID_LENGTH,
     ENDPOINT_NAME_LENGTH,
     ID_LENGTH,
+    KIND_LENGTH,
     NAME_LENGTH,
     REQUEST_ID_LENGTH,
+    VERSION_LENGTH,
 )
 
 TRUNCATION_MARKER = "…[truncated]"
@@ -31,6 +33,10 @@ class UsageRow:
     status_code: int
     request_time: datetime
     served_entity_id: str
+    entity_name: str  # the model served, its version and family, and where it ran
+    entity_version: str
+    model_family: str
+    workload_type: str
     endpoint_name: str
     endpoint_id: str
     account_id: str
@@ -45,6 +51,10 @@ class UsageRow:
         _require_text("databricks_request_id", self.databricks_request_id, REQUEST_ID_LENGTH)
         _require_text("requester", self.requester, NAME_LENGTH)
         _require_text("served_entity_id", self.served_entity_id, NAME_LENGTH)
+        _require_text("entity_name", self.entity_name, NAME_LENGTH)
+        _require_text("entity_version", self.entity_version, VERSION_LENGTH)
+        _require_text("model_family", self.model_family, KIND_LENGTH)
+        _require_text("workload_type", self.workload_type, KIND_LENGTH)
         _require_text("endpoint_name", self.endpoint_name, ENDPOINT_NAME_LENGTH)
         _require_text("endpoint_id", self.endpoint_id, ID_LENGTH)
         _require_text("account_id", self.account_id, ID_LENGTH)

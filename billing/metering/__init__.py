@@ -5,10 +5,11 @@ records for provisioned throughput plus LAUNCH-SKU records for wakes from zero, 
 records for custom models (`capacity`). `run_metering` (`job`) stores closed hours, once, and
 corrects them with RETRACTION + RESTATEMENT pairs when late usage arrives (`corrections`);
 `live_records` (`live`) computes the hours not stored yet for the usage listing. Everything
-takes the time as an argument and the model-family resolver through `MeteringContext`.
+takes the time as an argument; `MeteringContext` names the installation's cloud, region,
+tier and rate cards. Metering reads billing's own tables only.
 """
 
-from billing.metering.context import FamilyResolver, MeteringContext
+from billing.metering.context import MeteringContext
 from billing.metering.job import DEFAULT_GRACE, DEFAULT_LOOKBACK, MeteringReport, run_metering
 from billing.metering.live import LIVE_PREFIX, UsageFilters, live_records
 
@@ -16,7 +17,6 @@ __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_LOOKBACK",
     "LIVE_PREFIX",
-    "FamilyResolver",
     "MeteringContext",
     "MeteringReport",
     "UsageFilters",

@@ -88,7 +88,7 @@ def _provisioned(
     end: datetime,
     now: datetime,
 ) -> None:
-    family = ctx.family_of(interval.entity_name, interval.entity_version)
+    family = interval.model_family
     chunks = interval.provisioned_chunks
     for hour, seconds in _clip(interval, start, end, now):
         card = ctx.rate_cards.at(hour)
@@ -132,7 +132,7 @@ def _gpu_time(
     end: datetime,
     now: datetime,
 ) -> None:
-    family = ctx.family_of(interval.entity_name, interval.entity_version)
+    family = interval.model_family
     replicas = interval.max_replicas
     for hour, seconds in _clip(interval, start, end, now):
         card = ctx.rate_cards.at(hour)

@@ -28,7 +28,6 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from billing.db import BillingBase
-from billing.metering.context import TagsResolver, no_tags
 from billing.metering.hours import HOUR
 from billing.metering.measures import Measure, Measures, RecordKey
 from billing.records import UsageRecord
@@ -108,7 +107,7 @@ def plan_records(
     *,
     cloud: str,
     now: datetime,
-    tags_of: TagsResolver = no_tags,
+    tags: dict[str, dict[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The records to insert (as `usage_records` rows) so every key's net equals its
     measure; keys in neither map are untouched. Deterministic order: by key."""
@@ -117,8 +116,8 @@ def plan_records(
         measure, records = measured.get(key), stored.get(key)
         if records is None:
             assert measure is not None
-            tags = tags_of(key.endpoint_id)
-            planned.append(_record(key, measure, ORIGINAL, 0, cloud=cloud, now=now, tags=tags))
+            custom = (tags or {}).get(key.endpoint_id, {})
+            planned.append(_record(key, measure, ORIGINAL, 0, cloud=cloud, now=now, tags=custom))
             continue
         effective = records.effective()
         if measure is None:
@@ -131,9 +130,9 @@ def plan_records(
             continue
         sequence = records.corrections() + 1
         planned.append(_retraction(key, effective, sequence, now=now))
-        tags = tags_of(key.endpoint_id)
+        custom = (tags or {}).get(key.endpoint_id, {})
         planned.append(
-            _record(key, measure, RESTATEMENT, sequence, cloud=cloud, now=now, tags=tags)
+            _record(key, measure, RESTATEMENT, sequence, cloud=cloud, now=now, tags=custom)
         )
     return planned
 

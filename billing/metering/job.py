@@ -20,6 +20,7 @@ and deterministic record ids plus ON CONFLICT DO NOTHING make any overlap harmle
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,12 +40,14 @@ from billing.metering.corrections import (
 )
 from billing.metering.hours import hour_floor
 from billing.metering.measures import Measures, add
-from billing.metering.timeline import EntityFamilies, intervals_overlapping
+from billing.metering.timeline import intervals_overlapping
 from billing.metering.tokens import measure_tokens
+from billing.tags import tags_of
 
 DEFAULT_LOOKBACK = timedelta(days=2)
 DEFAULT_GRACE = timedelta(minutes=10)
 INSERT_BATCH = 1000
+OnStored = Callable[[Connection, list[dict[str, Any]], datetime], None]
 _ADVISORY_LOCK_KEY = 0x6D6F65_6D6574  # "moe" "met": one metering run at a time
 
 
@@ -71,8 +74,11 @@ def run_metering(
     *,
     lookback: timedelta = DEFAULT_LOOKBACK,
     grace: timedelta = DEFAULT_GRACE,
+    on_stored: OnStored | None = None,
 ) -> MeteringReport:
-    """Meter every closed hour in the lookback window, in one transaction."""
+    """Meter every closed hour in the lookback window, in one transaction. `on_stored(
+    connection, records, now)` runs in that transaction with the records it inserts (e.g.
+    to queue their Stripe meter events): both commit, or neither."""
     if lookback <= timedelta(0) or grace < timedelta(0):
         raise ValueError("lookback must be > 0 and grace >= 0")
     start, end = hour_floor(now - lookback), hour_floor(now - grace)
@@ -85,6 +91,8 @@ def run_metering(
             )
         planned = plan_window(connection, ctx, start, end, now)
         _write(connection, planned)
+        if on_stored is not None and planned:
+            on_stored(connection, planned, now)
     counts = Counter(record["record_type"] for record in planned)
     return MeteringReport(start, end, counts[ORIGINAL], counts[RETRACTION], counts[RESTATEMENT])
 
@@ -94,7 +102,7 @@ def measure_window(
 ) -> Measures:
     """The correct totals of every key with an hour in [start, end), as known at `now`."""
     intervals = intervals_overlapping(connection, start, end)
-    measures = measure_tokens(connection, ctx, EntityFamilies(ctx, intervals), start, end)
+    measures = measure_tokens(connection, ctx, start, end)
     for key, measure in measure_capacity(ctx, intervals, start, end, now).items():
         add(measures, key, measure)
     return measures
@@ -106,7 +114,8 @@ def plan_window(
     """The records a run at `now` inserts for the hours in [start, end)."""
     measured = measure_window(connection, ctx, start, end, now)
     stored = stored_keys(connection, start, end)
-    return plan_records(measured, stored, cloud=ctx.cloud, now=now, tags_of=ctx.tags_of)
+    tags = tags_of(connection, {key.endpoint_id for key in measured.keys() | stored.keys()})
+    return plan_records(measured, stored, cloud=ctx.cloud, now=now, tags=tags)
 
 
 def _write(connection: Connection, records: list[dict[str, Any]]) -> None:

@@ -8,8 +8,9 @@ The aggregation runs in the database (one GROUP BY over an hour-truncation expre
 - A row served while its served entity held provisioned throughput (an unparked capacity
   interval with `provisioned_chunks > 0` covering `request_time`) is not billed per token:
   that entity is billed per chunk-hour, whatever its traffic (`capacity.py`).
-- A model family without pay-per-token rates on the hour's rate card is a custom model billed
-  by GPU time; its rows are skipped here.
+- Each row names its model family (the gateway wrote it); a family without pay-per-token
+  rates on the hour's rate card is a custom model billed by GPU time; its rows are skipped
+  here.
 - The workspace is the row's (the caller's workspace, also on account-shared endpoints).
 """
 
@@ -22,9 +23,8 @@ from sqlalchemy import Connection, exists, func, or_, select
 from billing.capacity import CapacityInterval
 from billing.ledger.models import EndpointUsage
 from billing.metering.context import MeteringContext
-from billing.metering.hours import HOUR, sql_hour
+from billing.metering.hours import sql_hour
 from billing.metering.measures import FOUNDATION_MODEL, TOKEN, Measure, Measures, RecordKey, add
-from billing.metering.timeline import EntityFamilies
 from billing.pricing import token_dbu
 from billing.ratecard import UnknownRate
 from billing.skus import sku_name
@@ -33,7 +33,6 @@ from billing.skus import sku_name
 def measure_tokens(
     connection: Connection,
     ctx: MeteringContext,
-    families: EntityFamilies,
     start: datetime,
     end: datetime,
 ) -> Measures:
@@ -55,6 +54,7 @@ def measure_tokens(
             usage.c.workspace_id,
             usage.c.endpoint_id,
             usage.c.served_entity_id,
+            usage.c.model_family,
             hour,
             func.max(usage.c.endpoint_name).label("endpoint_name"),
             func.sum(usage.c.input_token_count).label("input_tokens"),
@@ -71,6 +71,7 @@ def measure_tokens(
             usage.c.workspace_id,
             usage.c.endpoint_id,
             usage.c.served_entity_id,
+            usage.c.model_family,
             hour,
         )
     )
@@ -78,9 +79,8 @@ def measure_tokens(
     measures: Measures = {}
     for row in connection.execute(query):
         card = ctx.rate_cards.at(row.hour)
-        family = families.family(row.endpoint_id, row.served_entity_id, row.hour + HOUR)
         try:
-            rates = card.token_rates(family)
+            rates = card.token_rates(row.model_family)
         except UnknownRate:
             continue  # a custom model: billed by GPU time
         input_tokens, output_tokens = int(row.input_tokens), int(row.output_tokens)

@@ -21,7 +21,6 @@ from billing.records import UsageRecord
 from billing.skus import region_class
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.billing_api.listing import Scope, billing_scope, time_range
-from control_plane.billing_api.runtime import metering_context
 from control_plane.billing_api.schemas import ActualCost, AlternativeCost, Estimate, Traffic
 from control_plane.db.models import Endpoint
 from control_plane.errors import InvalidParameter, NotFound
@@ -54,7 +53,7 @@ def estimate(
     endpoint = session.scalars(query).first()
     if endpoint is None or endpoint.config is None:
         raise NotFound(f"endpoint {endpoint_name!r} does not exist or has no live config")
-    context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
+    context = plane.billing.context
     try:
         card = plane.rate_cards.at(start)
     except UnknownRate as exc:

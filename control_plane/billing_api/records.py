@@ -11,7 +11,6 @@ from billing.metering import UsageFilters, live_records
 from billing.records import UsageRecord
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range
-from control_plane.billing_api.runtime import metering_context
 from control_plane.billing_api.schemas import (
     ListPriceList,
     ListPriceRow,
@@ -56,7 +55,7 @@ def usage(
         for r in session.scalars(query.order_by(UsageRecord.usage_start_time))
         if filters.accepts(r)
     ]
-    context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
+    context = plane.billing.context
     live = [
         r
         for r in live_records(session, context, utcnow(), filters)

@@ -23,6 +23,7 @@ from deploy.workload_types import workload_type
 _CAPACITY_FIELDS = (
     "entity_name",
     "entity_version",
+    "model_family",
     "workload_type",
     "workload_size",
     "min_replicas",
@@ -39,6 +40,7 @@ def _capacity(entity: ServedEntity) -> dict[str, Any]:
     return {
         "entity_name": entity.entity_name,
         "entity_version": entity.entity_version,
+        "model_family": entity.model_family,
         "workload_type": entity.workload_type,
         "workload_size": entity.workload_size,
         "min_replicas": entity.min_replicas,

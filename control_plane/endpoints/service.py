@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from billing.tags import record_tags
 from control_plane.auth import Caller, Level
 from control_plane.db.models import Endpoint, EndpointPermission
 from control_plane.endpoints import lookup
@@ -90,6 +91,8 @@ class EndpointService:
                 endpoint_id=endpoint_id, principal_id=self.caller.principal_id, level="CAN_MANAGE"
             )
         )
+        if endpoint.tags:
+            record_tags(self.session, endpoint_id, _tag_map(endpoint.tags), now)
         return endpoint
 
     def update_config(self, name: str, body: EndpointCoreConfigInput) -> Endpoint:
@@ -121,6 +124,7 @@ class EndpointService:
         removed = set(body.delete_tags) | {t.key for t in body.add_tags}
         endpoint.tags = [t for t in endpoint.tags if t.key not in removed] + body.add_tags
         endpoint.updated_at = utcnow()
+        record_tags(self.session, endpoint.id, _tag_map(endpoint.tags), endpoint.updated_at)
         return endpoint.tags
 
     def put_ai_gateway(self, name: str, body: AiGatewayConfig) -> AiGatewayConfig:
@@ -197,3 +201,8 @@ def new_endpoint(
         rate_limits=rate_limits,
         tags=tags or [],
     )
+
+
+def _tag_map(tags: list[EndpointTag]) -> dict[str, str]:
+    """Tags as billing records carry them (`custom_tags`: key -> value)."""
+    return {tag.key: tag.value or "" for tag in tags}

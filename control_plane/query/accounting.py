@@ -124,6 +124,10 @@ class Accounting:
             status_code=status,
             request_time=self._request_time,
             served_entity_id=entity.name,
+            entity_name=entity.entity_name,
+            entity_version=entity.entity_version,
+            model_family=entity.model_family,
+            workload_type=entity.workload_type,
             endpoint_name=endpoint,
             endpoint_id=self.target.endpoint_id,
             workspace_id=caller.workspace_id,  # the tenant billed (shared endpoints have none)

@@ -17,9 +17,8 @@ from sqlalchemy import select
 from billing.capacity import CapacityInterval
 from billing.ledger import UsageLedger, UsageRow
 from billing.metering import live_records
-from control_plane.billing_api.runtime import metering_context
+from billing.settings import BillingSettings
 from control_plane.db.models import Workspace
-from control_plane.settings import BillingSettings
 from tests.billing.test_stripe_webhooks import signed
 from tests.control_plane.conftest import LiveServer, live_server, make_settings, wait_for
 from tests.control_plane.fake_provider import InstantProvider
@@ -46,6 +45,10 @@ def _row(
         status_code=200,
         request_time=T0 + timedelta(minutes=minutes),
         served_entity_id="dbrx-tiny-1",
+        entity_name="dbrx-tiny",
+        entity_version="1",
+        model_family="dbrx",
+        workload_type="CPU",
         endpoint_name="chat",
         endpoint_id="e" * 32,
         account_id=account_id,
@@ -156,7 +159,7 @@ def test_provisioned_throughput_accrues_chunk_seconds_whatever_the_traffic(
         instant_server,
         [replace(traffic, endpoint_id=endpoint_id, endpoint_name="pt", request_time=start)],
     )
-    context = metering_context(plane.settings, plane.rate_cards, plane.sessions)
+    context = plane.billing.context
     records = live_records(plane.engine, context, start + timedelta(seconds=90))
     mine = [r for r in records if r.endpoint_id == endpoint_id]
     assert {r.usage_type for r in mine} == {"COMPUTE_TIME"}  # no TOKEN DBU on top

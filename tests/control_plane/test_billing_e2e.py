@@ -13,12 +13,8 @@ from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
 
-from billing.ratecard import RateCards
-from control_plane.billing_api.runtime import close_month, meter_now
 from control_plane.ids import utcnow
-from control_plane.settings import Settings
 from tests.control_plane.conftest import LiveServer
 from tests.control_plane.query_fixtures import create_endpoint, instant_ray_server, openai_client
 
@@ -72,14 +68,14 @@ def test_token_records_and_invoice_are_exact(server: LiveServer) -> None:
     assert sum(Decimal(r["usage_quantity"]) for r in live) == expected
 
     now = utcnow()
-    meter_now(*_billing(server), now + timedelta(hours=2))  # the hour closes and is stored
+    server.plane.billing.meter(now + timedelta(hours=2))  # the hour closes and is stored
     stored = _token_records(server)
     assert sum(Decimal(r["usage_quantity"]) for r in stored) == expected  # not doubled
-    meter_now(*_billing(server), now + timedelta(hours=2))  # a rerun changes nothing
+    server.plane.billing.meter(now + timedelta(hours=2))  # a rerun changes nothing
     assert _token_records(server) == stored
 
     next_month = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=1)
-    [invoice] = close_month(*_billing(server), f"{now:%Y-%m}", next_month)
+    [invoice] = server.plane.billing.close_month(f"{now:%Y-%m}", next_month)
     price = server.plane.rate_cards.at(now).dollars_per_dbu("local", "local", "PREMIUM")
     lines = [line for line in invoice.lines if line.endpoint_name == NAME]
     assert len(lines) == 1 and lines[0].dbu == expected
@@ -103,11 +99,6 @@ def test_token_records_and_invoice_are_exact(server: LiveServer) -> None:
     assert Decimal(estimate["actual"]["dbu"]) == expected
     assert estimate["alternative"]["mode"] == "provisioned_throughput"
     assert Decimal(estimate["break_even_tokens_per_s"]) > 0
-
-
-def _billing(server: LiveServer) -> tuple[Settings, RateCards, sessionmaker[Session]]:
-    plane = server.plane
-    return plane.settings, plane.rate_cards, plane.sessions
 
 
 def test_list_prices_and_csv(server: LiveServer) -> None:

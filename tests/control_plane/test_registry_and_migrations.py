@@ -85,6 +85,104 @@ def test_migration_0006_splits_deployment_states_from_retiring_apps(database_url
         engine.dispose()
 
 
+def test_migration_0007_fills_usage_rows_with_the_model_their_interval_served(
+    database_url: str,
+) -> None:
+    """Rows written before 0007 get the model, family and workload type of the interval
+    their served entity had started by then; endpoint tags move to billing's table."""
+    engine = build_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            config = alembic_config(engine)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0006")
+            connection.commit()
+            insert = sa.text(
+                "INSERT INTO capacity_timeline (endpoint_id, account_id, workspace_id, "
+                "endpoint_name, served_entity_name, entity_name, entity_version, workload_type, "
+                "min_replicas, max_replicas, gpus_per_replica, provisioned_chunks, "
+                "scale_to_zero_enabled, parked, woke_from_zero, started_at) VALUES ('e', 'a', "
+                "'w', 'chat', 'current', :name, '1', :workload, 1, 1, 0, 0, :f, :f, :f, :t)"
+            )
+            connection.execute(
+                insert,
+                {
+                    "name": "dbrx-tiny",
+                    "workload": "CPU",
+                    "f": False,
+                    "t": "2026-12-01 10:00:00+00:00",
+                },
+            )
+            connection.execute(
+                insert,
+                {
+                    "name": "mixtral-tiny",
+                    "workload": "GPU_SMALL",
+                    "f": False,
+                    "t": "2026-12-01 12:00:00+00:00",
+                },
+            )
+            usage = sa.text(
+                "INSERT INTO endpoint_usage (databricks_request_id, requester, status_code, "
+                "request_time, served_entity_id, endpoint_name, endpoint_id, workspace_id, "
+                "account_id, input_token_count, output_token_count, request_streaming) VALUES "
+                "(:id, 'u', 200, :t, :served, 'chat', 'e', 'w', 'a', 1, 1, :f)"
+            )
+            for request_id, hour, served in (
+                ("early", "09", "current"),  # before the first interval: its model
+                ("dbrx", "11", "current"),
+                ("mixtral", "13", "current"),
+                ("orphan", "13", "gone"),
+            ):
+                connection.execute(
+                    usage,
+                    {
+                        "id": request_id,
+                        "t": f"2026-12-01 {hour}:00:00+00:00",
+                        "served": served,
+                        "f": False,
+                    },
+                )
+            connection.execute(
+                sa.text("INSERT INTO accounts (id, name, created_at) VALUES ('a', 'a', :t)"),
+                {"t": "2026-12-01 00:00:00+00:00"},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO endpoints (id, account_id, name, creator, description, "
+                    "route_optimized, created_at, updated_at, config_version, ready, "
+                    "config_update, deployments, tags, task) VALUES ('e', 'a', 'chat', 'c', '', "
+                    ":f, :t, :t, 0, 'NOT_READY', 'IN_PROGRESS', '{}', :tags, 'llm/v1/chat')"
+                ),
+                {
+                    "f": False,
+                    "t": "2026-12-01 00:00:00+00:00",
+                    "tags": json.dumps([{"key": "team", "value": "search"}]),
+                },
+            )
+            connection.commit()
+        upgrade(engine)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text(
+                    "SELECT databricks_request_id, entity_name, model_family, workload_type "
+                    "FROM endpoint_usage ORDER BY databricks_request_id"
+                )
+            ).all()
+            tags = connection.execute(sa.text("SELECT endpoint_id, tags FROM endpoint_tags")).all()
+        assert [tuple(row) for row in rows] == [
+            ("dbrx", "dbrx-tiny", "dbrx", "CPU"),
+            ("early", "dbrx-tiny", "dbrx", "CPU"),
+            ("mixtral", "mixtral-tiny", "mixtral", "GPU_SMALL"),
+            ("orphan", "gone", "unknown", ""),
+        ]
+        [(endpoint_id, stored)] = tags
+        assert endpoint_id == "e"
+        assert (json.loads(stored) if isinstance(stored, str) else stored) == {"team": "search"}
+    finally:
+        engine.dispose()
+
+
 def test_registered_checkpoints_are_validated_listed_and_unique(
     instant_server: LiveServer, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from workers.model.args import ModelArgs
-from workers.model.moe import grouped_mm_supported
+from workers.model.kernels import grouped_mm_supported
 from workers.roofline import bandwidth_limit_tokens_per_s
 
 GB = 1e9

@@ -1,11 +1,12 @@
 """Benchmark moeserve's model against Hugging Face transformers on the same checkpoint.
 
-Both run the 309 M-parameter DBRX-architecture config of MODELS.md (d_model 512, 8 layers,
+Both run the 309 M-parameter DBRX-architecture config of docs/models.md (d_model 512, 8 layers,
 16 experts of 1024, top-4, vocab 100352), fp32, on the same random prompts, in this one
 process, so machine noise hits both alike. Output tokens/s counts generated tokens over
 wall seconds, prefill included; HF runs `generate` (greedy, eager attention) with EOS off.
-moeserve runs twice: with plain torch matmuls (`set_weight_packing(model, False)`) and as
-it serves, on oneDNN-packed weights (`workers.model.packed`).
+moeserve runs twice: with plain torch matmuls (`use_plain_kernels(model)`) and as
+it serves, with the kernels swapped in at load (`workers.model.kernels`: oneDNN-packed
+weights on CPU fp32).
 
     make bench            # or: .venv/bin/python bench/vs_transformers.py --batch-sizes 1 8 32
 """
@@ -26,8 +27,8 @@ import torch
 from workers.bench import run_benchmark
 from workers.generation import generate
 from workers.model.checkpoint import load_checkpoint, save_checkpoint
+from workers.model.kernels import use_fast_kernels, use_plain_kernels
 from workers.model.loading import build_random
-from workers.model.packed import set_weight_packing
 from workers.model.presets import preset
 
 
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             hf_tps = hf_generate_tokens_per_s(hf, prompts, args.gen_len)
             shape = {"batch_size": batch, "prompt_len": args.prompt_len, "gen_len": args.gen_len}
             print(f"batch {batch}: moeserve, plain torch matmuls...", file=sys.stderr)
-            set_weight_packing(ours, False)
+            use_plain_kernels(ours)
             plain = run_benchmark(ours, **shape, seed=batch)
-            set_weight_packing(ours, True)
+            use_fast_kernels(ours)
             print(f"batch {batch}: moeserve...", file=sys.stderr)
             report = run_benchmark(ours, **shape, seed=batch)
             rows.append(

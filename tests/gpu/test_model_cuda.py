@@ -9,7 +9,9 @@ import torch
 
 from workers.generation import generate
 from workers.model.checkpoint import load_checkpoint, save_checkpoint
+from workers.model.kernels import grouped_experts
 from workers.model.loading import build_random
+from workers.model.moe import looped_experts
 from workers.model.presets import preset
 
 pytestmark = pytest.mark.gpu
@@ -29,9 +31,9 @@ def test_bf16_grouped_and_looped_dispatch_agree() -> None:
     model = build_random(ARGS, device="cuda", dtype=torch.bfloat16, seed=2, std=0.05)
     moe = model.block(0).moe
     x = torch.randn(300, ARGS.d_model, device="cuda", dtype=torch.bfloat16)
-    moe.use_grouped_mm = True
+    moe.experts = grouped_experts
     grouped = moe(x).float()
-    moe.use_grouped_mm = False
+    moe.experts = looped_experts
     looped = moe(x).float()
     assert (grouped - looped).abs().max().item() < 5e-2 * looped.abs().max().item()
 

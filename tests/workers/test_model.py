@@ -1,13 +1,15 @@
-"""The model itself: presets, the incremental decode path, and the MoE dispatch."""
+"""The model itself: presets, the incremental decode path, and the MoE dispatch (every
+expert kernel computes the same thing and never reads an expert no token chose)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from workers.model.attention_context import attention_mask
-from workers.model.layers import lm_head, vocab_chunks
+from workers.model.kernels import ChunkedLinear, grouped_experts, vocab_chunks
+from workers.model.layers import attention_mask
 from workers.model.loading import build_random, from_preset
+from workers.model.moe import ExpertKernel, looped_experts
 from workers.model.presets import preset
 
 SMALL = preset("dbrx-tiny").args.replace(vocab_size=512)
@@ -65,20 +67,19 @@ def test_context_overflow_is_rejected_with_the_limit() -> None:
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
-def test_grouped_and_looped_expert_dispatch_agree() -> None:
+def test_grouped_and_looped_expert_kernels_agree() -> None:
     moe = build_random(SMALL, seed=2, std=0.08).block(0).moe
     x = torch.randn(37, SMALL.d_model)
-    moe.use_grouped_mm = True
+    moe.experts = grouped_experts
     grouped = moe(x)
-    moe.use_grouped_mm = False
+    moe.experts = looped_experts
     assert (grouped - moe(x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("use_grouped_mm", [True, False])
-def test_experts_no_token_chose_are_never_read(use_grouped_mm: bool) -> None:
+@pytest.mark.parametrize("kernel", [grouped_experts, looped_experts])
+def test_experts_no_token_chose_are_never_read(kernel: ExpertKernel) -> None:
     moe = build_random(SMALL, seed=2, std=0.08).block(0).moe
-    moe.use_grouped_mm = use_grouped_mm
-    moe.padded_max_rows = 0  # the padded batch streams idle experts by design (test above)
+    moe.experts = kernel
     x = torch.randn(3, SMALL.d_model)
     _, chosen = moe.router(x)
     expected = moe(x)
@@ -103,41 +104,10 @@ def test_invalid_args_are_explained() -> None:
         SMALL.replace(n_kv_heads=3)
 
 
-def test_padded_batch_dispatch_matches_the_loop_and_only_runs_when_every_expert_is_hit() -> None:
-    moe = build_random(SMALL, seed=3, std=0.08).block(0).moe
-    x = torch.randn(24, SMALL.d_model, generator=torch.Generator().manual_seed(3))
-    counts = torch.bincount(moe.router(x)[1].flatten(), minlength=SMALL.n_experts)
-    assert moe._use_padded(counts)
-    padded = moe(x)
-    moe.padded_max_rows = 0
-    assert (padded - moe(x)).abs().max().item() < 1e-5
-    moe.padded_max_rows = 16
-    few_idle, many_idle = counts.clone(), counts.clone()
-    few_idle[:4] = 0
-    many_idle[:5] = 0
-    assert moe._use_padded(few_idle)  # streaming 4 idle experts beats 16 tiny matmuls
-    assert not moe._use_padded(many_idle)  # the loop never reads an idle expert's weights
-    assert not moe._use_padded(counts * 20)  # many rows per expert: the loop is faster
-
-
-def test_idle_experts_in_the_padded_batch_never_leak_into_the_output() -> None:
-    moe = build_random(SMALL, seed=4, std=0.08).block(0).moe
-    x = torch.randn(24, SMALL.d_model, generator=torch.Generator().manual_seed(4))
-    _, chosen = moe.router(x)
-    hit = set(chosen.flatten().tolist())
-    keep = x[[i for i in range(24) if 0 not in chosen[i].tolist()]]  # expert 0 goes idle
-    counts = torch.bincount(moe.router(keep)[1].flatten(), minlength=SMALL.n_experts)
-    assert 0 in hit and counts[0] == 0 and moe._use_padded(counts)
-    expected = moe(keep)
-    with torch.no_grad():
-        moe.w13[0] = float("nan")
-        moe.w2[0] = float("nan")
-    assert torch.equal(moe(keep), expected)
-
-
 @pytest.mark.parametrize("rows", [1, 5, 64])
 def test_chunked_lm_head_equals_one_matmul(rows: int) -> None:
-    weight = torch.randn(100352, 64)
+    head = torch.nn.Linear(64, 100352, bias=False)
     x = torch.randn(2, rows, 64)
     assert vocab_chunks(100352) == 49 and vocab_chunks(512) == 1
-    assert torch.allclose(lm_head(x, weight, 49), x @ weight.T, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(ChunkedLinear.of(head)(x), x @ head.weight.T, atol=1e-4)

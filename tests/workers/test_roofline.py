@@ -19,7 +19,7 @@ def test_large_batches_hit_nearly_every_expert() -> None:
 def test_batch_one_bytes_are_active_parameters_plus_kv_cache() -> None:
     args = preset("dbrx-instruct").args
     step = decode_bytes_per_step(args, batch_size=1, context_len=0, bytes_per_element=2)
-    # active parameters (35.85 B) in bf16 plus one embedding row: the ≈71.7 GB of MODELS.md
+    # active parameters (35.85 B) in bf16 plus one embedding row: the ≈71.7 GB of docs/models.md
     assert abs(step - 2 * (args.active_parameter_count() + args.d_model)) < 1
     assert round(step / 1e9, 1) == 71.7
     with_cache = decode_bytes_per_step(args, batch_size=1, context_len=1000, bytes_per_element=2)

@@ -21,7 +21,7 @@ from workers.engine.paged_attention import (
     SequenceChunk,
     build_paged_batch,
 )
-from workers.model.packed import prepack_weights
+from workers.model.kernels import use_fast_kernels
 from workers.model.transformer import MoETransformer
 
 
@@ -56,7 +56,7 @@ class Executor(Protocol):
 class ModelRunner:
     def __init__(self, model: MoETransformer, *, num_blocks: int, block_size: int) -> None:
         self.model = model
-        prepack_weights(model)  # CPU fp32: oneDNN layouts made now, not on the first request
+        use_fast_kernels(model)  # a shard's new layers too; CPU fp32 packs its weights now
         weight = model.output.weight
         self.device = weight.device
         self.cache = PagedKVCache(

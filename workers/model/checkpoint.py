@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from workers.model.args import ModelArgs
 from workers.model.hf_config import CheckpointError, hf_config_from_args, read_args
 from workers.model.hf_format import IGNORED_SUFFIXES, hf_to_internal, internal_to_hf
+from workers.model.kernels import use_fast_kernels
 from workers.model.transformer import MoETransformer
 
 SINGLE_FILE = "model.safetensors"
@@ -109,7 +110,9 @@ def load_checkpoint(
     model.load_state_dict(state, strict=True, assign=True)
     if args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    use_fast_kernels(model)
+    return model
 
 
 def _read_state(

@@ -1,20 +1,26 @@
-"""Building blocks of the MoE transformer: norms, rotary embeddings, GQA attention.
+"""Building blocks of the MoE transformer: norms, rotary embeddings, GQA attention, and where
+attention finds its keys and values.
 
 Shape keys used in comments throughout `workers.model`:
     B batch, T new tokens in this call, S = cached + new positions, D d_model,
     H query heads, K kv heads, Hd head_dim, E experts, F expert hidden size,
     N = B*T flattened tokens, V vocabulary.
+
+Attention computes q/k/v for the new tokens and hands them to an `AttentionContext`, passed
+explicitly into every forward call: `CausalAttention` (no cache, or a contiguous `KVCache`)
+serves static batches; the engine's paged cache implements the same protocol
+(`workers.engine.paged_attention`). No global state.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workers.model.args import ModelArgs, NormKind
-from workers.model.attention_context import AttentionContext
-from workers.model.packed import PackedWeights
 
 
 class Norm(nn.Module):
@@ -62,7 +68,8 @@ class Attention(nn.Module):
 
     Where keys and values live (a contiguous cache, a paged cache, none) is the business of
     the `AttentionContext` passed in. Head counts are attributes, not read from `args`, so a
-    tensor-parallel shard can hold a slice of the heads (`workers.parallel`).
+    tensor-parallel shard can hold a slice of the heads (`workers.parallel`). `wqkv` and
+    `wo` are linear layers: plain, or faster ones swapped in at load (`kernels`).
     """
 
     def __init__(self, args: ModelArgs, layer_id: int) -> None:
@@ -74,12 +81,6 @@ class Attention(nn.Module):
         self.clip_qkv = args.clip_qkv
         self.wqkv = nn.Linear(args.d_model, args.q_size + 2 * args.kv_size, bias=False)
         self.wo = nn.Linear(args.q_size, args.d_model, bias=False)
-        self.packed_weights = PackedWeights()
-
-    def prepack_weights(self) -> None:
-        for name, weight in (("wqkv", self.wqkv.weight), ("wo", self.wo.weight)):
-            if self.packed_weights.usable(weight):
-                self.packed_weights.matrix(name, weight)
 
     def forward(
         self,
@@ -91,7 +92,7 @@ class Attention(nn.Module):
         bsz, seqlen, _ = x.shape
         q_size = self.n_heads * self.head_dim
         kv_size = self.n_kv_heads * self.head_dim
-        qkv = self.packed_weights.linear("wqkv", x, self.wqkv.weight)
+        qkv = self.wqkv(x)
         if self.clip_qkv is not None:
             qkv = qkv.clamp(-self.clip_qkv, self.clip_qkv)
         q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
@@ -102,29 +103,100 @@ class Attention(nn.Module):
         k = apply_rotary(k, cos, sin)
         out = context.attend(self.layer_id, q, k, v)  # [B, H, T, Hd]
         out = out.transpose(1, 2).reshape(bsz, seqlen, q_size)
-        return self.packed_weights.linear("wo", out, self.wo.weight)
+        return self.wo(out)
 
 
-def vocab_chunks(vocab_size: int, rows_per_chunk: int = 2048) -> int:
-    """How many equal slices of about `rows_per_chunk` rows the LM head splits into (1: none)."""
-    for count in range(vocab_size // rows_per_chunk, 1, -1):
-        if vocab_size % count == 0:
-            return count
-    return 1
+# -- where keys and values live -------------------------------------------------------------
+class AttentionContext(Protocol):
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [B, H, T, Hd], k/v [B, K, T, Hd] for the new tokens -> output [B, H, T, Hd]."""
+        ...
 
 
-def lm_head(x: torch.Tensor, weight: torch.Tensor, chunks: int) -> torch.Tensor:
-    """x [..., D] @ weight[V, D]ᵀ -> [..., V].
+class KVCache:
+    """A contiguous per-batch cache for incremental decoding: every sequence of the batch
+    shares one write position, which is what a static batch needs (`workers.generate`,
+    `workers.bench`). The engine uses a paged cache instead."""
 
-    Where packed weights do not apply (`workers.model.packed`: other dtypes, gradients), a
-    batched matmul over `chunks` vocabulary slices of ~2048 rows runs 1.2-1.8x faster on
-    CPU than one [N, D] x [D, V] matmul at decode batch sizes (measured, 100352 x 512,
-    batches 1-64) and gives the same numbers: each slice's weights stay in cache while all
-    rows use them. GPUs take the plain matmul.
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (n_layers, batch_size, n_kv_heads, capacity, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.length = 0  # positions already written by completed forward passes
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, K, T, Hd] after the cached prefix; return [B, K, length+T, Hd] views."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(
+                f"KV cache holds {self.capacity} positions; this step needs {end}. "
+                "Create the cache with a larger capacity (prompt + max new tokens)."
+            )
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, count: int) -> None:
+        self.length += count
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
+def attention_mask(
+    query_positions: torch.Tensor, key_count: int, sliding_window: int | None
+) -> torch.Tensor:
+    """Boolean mask [B, 1, T, S]: True where a query may attend to a key position.
+
+    Key index j holds absolute position j (the cache is filled from position 0).
     """
-    if chunks == 1 or x.device.type != "cpu":
-        return F.linear(x, weight)
-    rows = x.reshape(-1, x.shape[-1])
-    slices = weight.view(chunks, -1, weight.shape[-1]).transpose(1, 2)  # [C, D, V/C]
-    out = torch.bmm(rows.expand(chunks, *rows.shape), slices)  # [C, N, V/C]
-    return out.transpose(0, 1).reshape(*x.shape[:-1], weight.shape[0])
+    keys = torch.arange(key_count, device=query_positions.device)
+    queries = query_positions[:, None, :, None]  # [B, 1, T, 1]
+    allowed = keys <= queries
+    if sliding_window is not None:
+        allowed &= keys > queries - sliding_window
+    return allowed
+
+
+class CausalAttention:
+    """Causal self-attention over a static batch, optionally through a contiguous cache."""
+
+    def __init__(
+        self, positions: torch.Tensor, cache: KVCache | None, sliding_window: int | None
+    ) -> None:
+        self.positions = positions  # [B, T]
+        self.cache = cache
+        self.sliding_window = sliding_window
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        seqlen = q.shape[2]
+        if self.cache is not None:
+            k, v = self.cache.update(layer, k, v)  # [B, K, S, Hd]
+        key_count = k.shape[2]
+        window = self.sliding_window
+        # Causal alignment of SDPA's is_causal is top-left, right only when no keys are cached.
+        needs_mask = (seqlen > 1 and key_count != seqlen) or (
+            window is not None and key_count > window
+        )
+        mask = attention_mask(self.positions, key_count, window) if needs_mask else None
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=not needs_mask and seqlen > 1,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )

@@ -8,6 +8,7 @@ import torch
 
 from workers.model.args import ModelArgs
 from workers.model.checkpoint import load_checkpoint
+from workers.model.kernels import use_fast_kernels
 from workers.model.presets import runnable_preset
 from workers.model.source import DTypeName, ModelSource
 from workers.model.transformer import MoETransformer
@@ -51,7 +52,9 @@ def build_random(
     """A model of any shape with seeded random weights (benchmarks, tests)."""
     model = MoETransformer(args).to(device=device, dtype=dtype)
     init_weights(model, seed, std)
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    use_fast_kernels(model)
+    return model
 
 
 def from_preset(

@@ -2,23 +2,22 @@
 
 Tokens are routed by sorting (token, slot) pairs by expert, so each expert that at least one
 token chose runs one matmul over its contiguous slice of tokens — no per-token weight
-gathering and no pass over experts that no token chose. Where torch provides
-`_grouped_mm`, all hit experts run as one grouped matmul instead of a Python loop; on CPU in
-fp32 each expert's matmuls run on oneDNN-packed weights (`workers.model.packed`).
+gathering and no pass over experts that no token chose. How the hit experts' matmuls run is
+the layer's `experts` kernel, chosen once when the model is loaded (`kernels`): the loop
+below (the reference), one grouped matmul for all experts (CUDA), or oneDNN-packed weights
+(CPU fp32). Every kernel computes the same GLU: expert e maps rows x to
+(silu(x w1_eᵀ) * (x v1_eᵀ)) w2_e, with w1 (gate) and v1 (up) packed at load as `w13`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workers.model.args import ModelArgs
-from workers.model.packed import PackedWeights, packed_linear
-
-ExpertMatmul = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class Router(nn.Module):
@@ -37,33 +36,44 @@ class Router(nn.Module):
         return weights.to(x.dtype), experts
 
 
-def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """Whether `torch._grouped_mm` takes these activations: present in this torch, CPU
-    (fp32/bf16) or CUDA bf16 on sm90+, and 16-byte aligned rows."""
-    if not hasattr(torch, "_grouped_mm") or (x.shape[-1] * x.element_size()) % 16:
-        return False
-    if x.device.type == "cpu":
-        return True
-    return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+class ExpertKernel(Protocol):
+    def __call__(self, moe: MoE, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """routed [M, D] (rows sorted by expert), counts [E] rows per expert -> [M, D]."""
+        ...
+
+
+def glu(h13: torch.Tensor, hidden: int) -> torch.Tensor:
+    """silu(gate) * up of the [n, 2F] gate|up projection."""
+    gate, up = h13.split(hidden, dim=-1)
+    return F.silu(gate) * up
+
+
+def looped_experts(moe: MoE, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """One matmul pair per hit expert (the reference kernel; experts with no rows are
+    never read)."""
+    out = torch.empty_like(routed)
+    start = 0
+    for expert, count in enumerate(counts.tolist()):
+        if count == 0:
+            continue
+        end = start + count
+        h = glu(routed[start:end] @ moe.w13[expert].T, moe.hidden)  # [n_e, F]
+        out[start:end] = h @ moe.w2[expert]
+        start = end
+    return out
 
 
 class MoE(nn.Module):
-    """GLU experts: expert e computes (silu(x w1_eᵀ) * (x v1_eᵀ)) w2_e."""
+    """GLU experts `w13` [E, 2F, D] (gate|up) and `w2` [E, F, D] behind a top-k router."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.n_experts = args.n_experts
         self.hidden = args.ffn_hidden_size
         self.router = Router(args)
-        # w1 (gate) and v1 (up) packed once at load as [E, 2F, D]: one matmul gives both.
         self.w13 = nn.Parameter(torch.empty(args.n_experts, 2 * args.ffn_hidden_size, args.d_model))
         self.w2 = nn.Parameter(torch.empty(args.n_experts, args.ffn_hidden_size, args.d_model))
-        # None picks per call: grouped on CUDA (one launch for all experts); on CPU the
-        # per-expert loop measured as fast at decode and ~20% faster at prefill.
-        self.use_grouped_mm: bool | None = None
-        # Up to this many rows per expert, with every expert hit, use one padded bmm.
-        self.padded_max_rows = 16
-        self.packed_weights = PackedWeights()
+        self.experts: ExpertKernel = looped_experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
@@ -74,79 +84,6 @@ class MoE(nn.Module):
         token_of_slot = order // top_k
         counts = torch.bincount(flat_experts, minlength=self.n_experts)
         routed = x[token_of_slot]  # tokens (not weights) gathered in expert order [N*k, D]
-
-        grouped = self.use_grouped_mm
-        if grouped is None:
-            grouped = x.device.type == "cuda"
-        if grouped and grouped_mm_supported(x) and len(x) > 1:
-            out = self._grouped(routed, counts)
-        elif self.packed_weights.usable(self.w13, x):
-            out = self._looped(routed, counts)  # packed per-expert matmuls beat the padded bmm
-        elif self._use_padded(counts):
-            out = self._padded(routed, counts, flat_experts[order])
-        else:
-            out = self._looped(routed, counts)
+        out = self.experts(self, routed, counts)
         out = out * weights.flatten()[order].unsqueeze(-1)
         return torch.zeros_like(x).index_add_(0, token_of_slot, out)
-
-    def _glu(self, h13: torch.Tensor) -> torch.Tensor:
-        gate, up = h13.split(self.hidden, dim=-1)
-        return F.silu(gate) * up
-
-    def _looped(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        gate_up, down = self._expert_matmuls(routed)
-        out = torch.empty_like(routed)
-        start = 0
-        for expert, count in enumerate(counts.tolist()):
-            if count == 0:
-                continue
-            end = start + count
-            h = self._glu(gate_up(expert, routed[start:end]))  # [n_e, F]
-            out[start:end] = down(expert, h)
-            start = end
-        return out
-
-    def _expert_matmuls(self, routed: torch.Tensor) -> tuple[ExpertMatmul, ExpertMatmul]:
-        """(expert, rows [n, D]) -> rows @ w13[expert]ᵀ [n, 2F], and (expert, h [n, F]) ->
-        h @ w2[expert] [n, D]: on packed copies where they apply, else plain matmuls."""
-        if not self.packed_weights.usable(self.w13, routed):
-            return (lambda e, rows: rows @ self.w13[e].T), (lambda e, h: h @ self.w2[e])
-        w13, w2 = self._packed_experts()
-        return (lambda e, rows: packed_linear(rows, w13[e])), (lambda e, h: packed_linear(h, w2[e]))
-
-    def _packed_experts(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-expert packed [2F, D] gate|up and [D, F] down matrices."""
-        w13 = self.packed_weights.stack("w13", self.w13, lambda w: list(w))
-        w2 = self.packed_weights.stack("w2", self.w2, lambda w: [m.T for m in w])
-        return w13, w2
-
-    def prepack_weights(self) -> None:
-        if self.packed_weights.usable(self.w13):
-            self._packed_experts()
-
-    def _use_padded(self, counts: torch.Tensor) -> bool:
-        """Few tokens per expert, nearly every expert hit (decode of a batch): one padded bmm
-        per projection beats a loop of tiny matmuls on CPU (measured ~1.5x at 4 rows per
-        expert) even though it also streams the weights of up to a quarter of the experts
-        that no token chose (their rows are zeros and are never gathered back). With more
-        idle experts the loop wins: it never reads their weights."""
-        if self.padded_max_rows == 0:
-            return False
-        idle = int((counts == 0).sum())
-        return 4 * idle <= self.n_experts and int(counts.max()) <= self.padded_max_rows
-
-    def _padded(
-        self, routed: torch.Tensor, counts: torch.Tensor, slot_experts: torch.Tensor
-    ) -> torch.Tensor:
-        width = int(counts.max())
-        starts = counts.cumsum(0) - counts
-        row = torch.arange(len(routed), device=routed.device) - starts[slot_experts]
-        padded = routed.new_zeros(self.n_experts, width, routed.shape[-1])
-        padded[slot_experts, row] = routed
-        h = self._glu(torch.bmm(padded, self.w13.transpose(1, 2)))  # [E, width, F]
-        return torch.bmm(h, self.w2)[slot_experts, row]
-
-    def _grouped(self, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        offsets = counts.cumsum(0).to(torch.int32)
-        h = self._glu(torch._grouped_mm(routed, self.w13.transpose(1, 2), offs=offsets))
-        return torch._grouped_mm(h, self.w2, offs=offsets)

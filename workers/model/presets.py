@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from workers.model.args import ModelArgs
 
-CL100K_VOCAB = 100352  # cl100k_base padded to a multiple of 64, as DBRX does
+CL100K_VOCAB = 100352  # cl100k_base padded to a multiple of 128 rows, as DBRX does
 CL100K_EOS = 100257
 
 
@@ -78,7 +78,7 @@ PRESETS: dict[str, Preset] = {
         random_weights=True,
         tokenizer="cl100k_base",
     ),
-    # The 309 M-parameter DBRX-architecture config of the CPU benchmark (MODELS.md).
+    # The 309 M-parameter DBRX-architecture config of the CPU benchmark (docs/models.md).
     "dbrx-bench-309m": Preset(
         _DBRX_REAL.replace(
             d_model=512,

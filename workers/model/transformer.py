@@ -1,7 +1,8 @@
 """The MoE transformer shared by DBRX and Mixtral, in reading order.
 
 Block: h = x + attn(norm_1(x)); y = h + moe(norm_2(h)). Final norm, then the LM head.
-Checkpoint renaming lives in `hf_format.py`, never here.
+Checkpoint renaming lives in `hf_format.py`, faster matmul kernels in `kernels.py` (swapped
+in at load), never here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import torch
 from torch import nn
 
 from workers.model.args import ModelArgs
-from workers.model.attention_context import AttentionContext, CausalAttention
-from workers.model.kv_cache import KVCache
-from workers.model.layers import Attention, Norm, lm_head, rotary_tables, vocab_chunks
+from workers.model.layers import (
+    Attention,
+    AttentionContext,
+    CausalAttention,
+    KVCache,
+    Norm,
+    rotary_tables,
+)
 from workers.model.moe import MoE
-from workers.model.packed import PackedWeights
 
 
 class Block(nn.Module):
@@ -49,8 +54,6 @@ class MoETransformer(nn.Module):
         self.output = nn.Linear(args.d_model, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self._vocab_chunks = vocab_chunks(args.vocab_size)
-        self.packed_weights = PackedWeights()
 
     def forward(
         self,
@@ -96,14 +99,7 @@ class MoETransformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states [..., D] -> logits [..., V]."""
-        weight = self.output.weight
-        if self.packed_weights.usable(weight, hidden):
-            return self.packed_weights.linear("output", hidden, weight)
-        return lm_head(hidden, weight, self._vocab_chunks)
-
-    def prepack_weights(self) -> None:
-        if self.packed_weights.usable(self.output.weight):
-            self.packed_weights.matrix("output", self.output.weight)
+        return self.output(hidden)
 
     def hidden_states(
         self,

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from workers.model.args import ModelArgs
-from workers.model.moe import MoE, grouped_mm_supported
+from workers.model.moe import MoE
 from workers.parallel.tensor_parallel import owned_parameter
 
 
@@ -48,7 +48,6 @@ class ExpertParallelMoE(MoE):
         self.group = group
         self.rank = rank
         self.world_size = world_size
-        self.use_grouped_mm = full.use_grouped_mm
         self.router = full.router
         self.local_experts = full.n_experts // world_size
         self.first_expert = rank * self.local_experts
@@ -93,14 +92,7 @@ class ExpertParallelMoE(MoE):
         """rows [M, D] with local expert ids [M] (grouped by source rank) -> [M, D]."""
         order = local_ids.argsort(stable=True)
         counts = torch.bincount(local_ids, minlength=self.local_experts)
-        grouped = self.use_grouped_mm
-        if grouped is None:
-            grouped = rows.device.type == "cuda"
-        sorted_rows = rows[order]
-        if grouped and grouped_mm_supported(rows) and len(rows) > 1:
-            out_sorted = self._grouped(sorted_rows, counts)
-        else:
-            out_sorted = self._looped(sorted_rows, counts)
+        out_sorted = self.experts(self, rows[order], counts)  # this rank's expert kernel
         out = torch.empty_like(out_sorted)
         out[order] = out_sorted
         return out

@@ -19,8 +19,7 @@ from torch import nn
 from torch.distributed import ProcessGroup
 
 from workers.model.args import ModelArgs
-from workers.model.attention_context import AttentionContext
-from workers.model.layers import Attention
+from workers.model.layers import Attention, AttentionContext
 from workers.model.moe import MoE
 
 
@@ -94,7 +93,6 @@ class TensorParallelMoE(MoE):
         with torch.device("meta"):
             super().__init__(args.replace(ffn_hidden_size=local_hidden))
         self.group = group
-        self.use_grouped_mm = full.use_grouped_mm
         self.router = full.router
         start, stop = rank * local_hidden, (rank + 1) * local_hidden
         gate = full.w13[:, start:stop]  # w13 rows: gate [0, F) then up [F, 2F)

@@ -7,7 +7,7 @@ admitted call, stamped at admission) and every 60-second window is checked.
 
 Reported: admitted calls, 429s, the most calls admitted in any sliding 60 s window (the
 limit's promise), and per aligned clock minute. Goal (issue 5): <= calls (+1%) per window.
-Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (see TESTING.md).
+Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (see docs/testing.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Throwaway PostgreSQL databases for benchmarks and tests (127.0.0.1:5432, trust auth, as
-TESTING.md sets up): `scratch_postgres()` creates one and drops it afterwards;
+docs/testing.md sets up): `scratch_postgres()` creates one and drops it afterwards;
 `migrated_engine(url)` is an engine on it with moeserve's schema at head."""
 
 from __future__ import annotations

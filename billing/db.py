@@ -13,8 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, mapped_column
 
 from persistence.columns import NAMING, ExactNumeric, UtcDateTime
 
-# DBUs keep every digit a rate card can produce (3-decimal rates / 10^6 need 9 places;
-# prorated seconds need more): never rounded. Money is rounded once, at invoice lines.
+# DBUs keep 18 places: every digit token prices (3-decimal rates / 10^6 need 9) and
+# provisioned rates produce; money is rounded once, at invoice lines.
 DBU_SCALE = 18
 Dbu = Annotated[Decimal, mapped_column(ExactNumeric(38, DBU_SCALE))]
 Money = Annotated[Decimal, mapped_column(ExactNumeric(20, 2))]

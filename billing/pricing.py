@@ -1,8 +1,10 @@
 """Pure pricing arithmetic over `Decimal`: usage -> DBU -> money. No clock, DB or I/O.
 
-DBUs are never rounded: they are stored with 18 decimal places (`billing.db.Dbu`). Money is
-rounded exactly once, at an invoice line (`line_amount`: ROUND_HALF_EVEN to the cent); an
-invoice total is the sum of its rounded lines.
+DBUs keep 18 decimal places when stored (`billing.db.Dbu`, rounded half-even to that scale:
+exact for token prices and for provisioned rates, whose per-second share terminates; a GPU
+rate such as 10.48 DBU/h keeps 18 places of its prorated share). Money is rounded exactly
+once, at an invoice line (`line_amount`: ROUND_HALF_EVEN to the cent); an invoice total is
+the sum of its rounded lines.
 
 Every function computes in `EXACT`, a decimal context of 50 significant digits. Products of
 token counts and 3-decimal rates, and divisions by 10^6, are then exact for any realistic usage

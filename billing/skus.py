@@ -8,7 +8,7 @@ zero. `<REGION>` is the cloud's own region name upper-cased with `-` turned into
 region ids are unique across AWS, GCP and Azure, so the SKU stays unambiguous and greppable
 without a second naming scheme to keep in sync.
 
-Prices are not per region but per *region class* (PRICING.md: US regions share one $/DBU, EU,
+Prices are not per region but per *region class* (docs/pricing.md: US regions share one $/DBU, EU,
 UK and the Asia-Pacific groups cost more). `REGIONS` is the catalog of regions moeserve prices,
 each with its cloud and region class; a region outside it is rejected rather than guessed.
 """
@@ -42,7 +42,7 @@ def _regions(cloud: str, region_class: str, *names: str) -> dict[str, Region]:
     return {name: Region(cloud, region_class) for name in names}
 
 
-# Region classes: `us` (PRICING.md: $0.07 on every cloud), `eu` (≈0.077), `uk` (≈0.079),
+# Region classes: `us` (docs/pricing.md: $0.07 on every cloud), `eu` (≈0.077), `uk` (≈0.079),
 # `apac` = Japan, Korea, India (≈0.085), `apac_southeast` = Singapore, Australia, Indonesia
 # (≈0.088, named after AWS's ap-southeast-*), `sa` = Brazil (≈0.088), `local` = self-hosted.
 REGIONS: dict[str, Region] = {

@@ -1,6 +1,7 @@
-"""`moeserve billing run` (meter usage into hourly records now; idempotent) and `moeserve
-billing close --period YYYY-MM` (one invoice per workspace; with Stripe in invoice mode, queue
-and deliver them). Both read the same settings as `moeserve run` (`MOESERVE_...`)."""
+"""`moeserve billing run` (meter usage into hourly records now; idempotent; with Stripe on,
+deliver what is owed) and `moeserve billing close --period YYYY-MM` (one invoice per
+workspace; with Stripe in invoice mode, queue and deliver them). Both read the same settings
+as `moeserve run` (`MOESERVE_...`)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def run_billing(args: argparse.Namespace, settings: Settings) -> int:
                 f"metered {window} UTC: {report.originals} original, "
                 f"{report.retractions} retraction, {report.restatements} restatement records"
             )
+            gateway = jobs.stripe()
+            if gateway is not None:  # what metering queued (meter events), and anything owed
+                print(f"stripe: {jobs.deliver(utcnow(), gateway)}")
             return 0
         try:
             invoices = jobs.close_month(args.period, utcnow())

@@ -1,7 +1,8 @@
 """`moeserve` console script. `moeserve run` starts the whole embedded platform: database
-migrations, local Ray (or attach with --ray-address), the API, and the shared
-`databricks-dbrx-tiny` endpoint; it shows progress while the model loads, then prints the
-URLs, the admin token (when generated) and examples to paste. Ctrl-C stops everything."""
+migrations, local Ray (or attach with --ray-address), the API, and the shared endpoints
+(`databricks-dbrx-tiny` for chat, `databricks-dbrx-tiny-embeddings`); it shows progress
+while the models load, then prints the URLs, the admin token (when generated) and examples
+to paste. Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port (default 8080)")
     run.add_argument("--db", help="database URL (default: SQLite in the data dir)")
     run.add_argument("--ray-address", help="attach to this Ray cluster instead of a local one")
-    run.add_argument("--data-dir", type=Path, help="SQLite file and logs (default .moeserve)")
+    run.add_argument(
+        "--data-dir", type=Path, help="where the default SQLite database lives (default .moeserve)"
+    )
     add_billing_commands(commands)
     return parser
 

@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         env_prefix="MOESERVE_", env_nested_delimiter="__", extra="ignore", frozen=True
     )
 
-    data_dir: Path = Field(default=Path(".moeserve"), description="SQLite file and logs")
+    data_dir: Path = Field(
+        default=Path(".moeserve"), description="where the default SQLite database lives"
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "

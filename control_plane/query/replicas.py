@@ -4,10 +4,12 @@ timeouts, and fallback from one candidate to the next.
 - Backpressure: one process keeps at most `max_replicas x max_ongoing_requests +
   max_queued_requests` queries in flight per served entity; past that a query gets 503
   with `Retry-After` at once instead of joining an unbounded queue.
-- Timeouts: a non-streaming call is bounded by `query_timeout_s`; a stream must yield its
-  first chunk within `first_token_timeout_s` (`scale_from_zero_timeout_s` when the entity
-  may be parked: the call itself wakes it) and finish within `query_timeout_s`. A timed-out
-  call is cancelled on the replica, so a stuck replica never holds other requests.
+- Timeouts: a stream must yield its first chunk within `first_token_timeout_s`
+  (`scale_from_zero_timeout_s` when the entity may be parked: the call itself wakes it),
+  then each further chunk before `query_timeout_s` + that first-chunk allowance has passed
+  since the first one; a non-streaming call is bounded by the same sum as a whole. A
+  timed-out call is cancelled on the replica, so a stuck replica never holds other
+  requests.
 - Fallback: a failure before the first token (replica died, app gone, engine draining,
   timeout, a full queue) moves on to the next candidate entity (`first_answer`); client
   errors (the engine's `ValueError`s) are not retried. When every candidate failed, the

@@ -27,7 +27,7 @@ from tests.billing.fakes.usage import NOW, billing_engine, usage_record
 
 NOV = datetime(2026, 11, 3, 14, tzinfo=UTC)
 RATE = Decimal("0.07")  # aws us-east-1 PREMIUM in the shipped rate card
-DBRX_REQUEST = (20 * Decimal("10.714") + 16 * Decimal("32.143")) / 1_000_000  # PRICING.md
+DBRX_REQUEST = (20 * Decimal("10.714") + 16 * Decimal("32.143")) / 1_000_000  # docs/pricing.md
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def migrated_engine(kind: str, tmp_path: Any) -> Iterator[Engine]:
             yield engine
         return
     if not postgres_available():
-        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see TESTING.md)")
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see docs/testing.md)")
     with scratch_postgres("moeserve_test") as url, migrated(url) as engine:
         yield engine
 

@@ -1,4 +1,4 @@
-"""Pricing arithmetic: PRICING.md's worked examples pinned exactly, plus properties."""
+"""Pricing arithmetic: docs/pricing.md's worked examples pinned exactly, plus properties."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def postgres_url() -> Iterator[str]:
 
 def _postgres_database() -> Iterator[str]:
     if not postgres_available():
-        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see TESTING.md)")
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (start it: see docs/testing.md)")
     with scratch_postgres("moeserve_test") as url:
         yield url
 

@@ -39,7 +39,7 @@ def redis_or_fail() -> redis.Redis:
     try:
         client.ping()
     except redis.ConnectionError:
-        pytest.fail("Redis is not answering on 127.0.0.1:6379 (start it: see TESTING.md)")
+        pytest.fail("Redis is not answering on 127.0.0.1:6379 (start it: see docs/testing.md)")
     return client
 
 

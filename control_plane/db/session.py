@@ -20,8 +20,12 @@ def build_engine(url: str) -> Engine:
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     # WAL lets the API read while the reconciler writes; foreign keys are off by default.
+    # synchronous=NORMAL: in WAL mode a commit survives a crash of the process (kill -9
+    # included) and skips the fsync per commit; only a power loss or OS crash may roll back
+    # the last commits. Installations that need that too run on PostgreSQL.
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

@@ -4,6 +4,8 @@ Resolving a query costs several database reads (token, workspace, groups, endpoi
 permissions). The query path reuses a resolution for `lookup_cache_ttl_s` (default 2 s),
 keyed by the token's digest and the endpoint name, so a revoked token, a new ACL or a
 promoted config takes effect within that time. Failures (401/403/404) are never cached.
+Concurrent misses of one key share one database read (so an expiring entry under load costs
+one read, not one per request in flight).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class QueryTargets:
         self._sessions = sessions
         self._ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, QueryTarget]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[QueryTarget]] = {}
+        self._generation = 0  # bumped by forget(): a read begun before must not be cached
 
     async def resolve(self, authorization: str | None, name: str) -> QueryTarget:
         key = _key(authorization, name)
@@ -96,23 +100,40 @@ class QueryTargets:
         return await self.reload(authorization, name)
 
     async def reload(self, authorization: str | None, name: str) -> QueryTarget:
-        """Resolve from the database, bypassing (and then refreshing) the cache."""
+        """Resolve from the database, bypassing (and then refreshing) the cache; joins a
+        read of the same key already in flight. Cancelling one caller does not cancel the
+        read for the others."""
         key = _key(authorization, name)
-        now = time.monotonic()
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_and_cache(key, authorization, name))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        return await asyncio.shield(loading)
+
+    def forget(self, endpoint_name: str | None = None) -> None:
+        """Drop cached resolutions (all, or one endpoint's): this process just changed them."""
+        self._generation += 1
+        for table in (self._cache, self._loading):
+            for key in [k for k in table if endpoint_name is None or k[1] == endpoint_name]:
+                del table[key]
+
+    async def _load_and_cache(
+        self, key: tuple[str, str], authorization: str | None, name: str
+    ) -> QueryTarget:
+        generation, now = self._generation, time.monotonic()
         target = await asyncio.to_thread(self._load, authorization, name)
-        if self._ttl_s > 0:
+        if self._ttl_s > 0 and generation == self._generation:
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()
             self._cache[key] = (now + self._ttl_s, target)
         return target
 
-    def forget(self, endpoint_name: str | None = None) -> None:
-        """Drop cached resolutions (all, or one endpoint's): this process just changed them."""
-        if endpoint_name is None:
-            self._cache.clear()
-            return
-        for key in [k for k in self._cache if k[1] == endpoint_name]:
-            del self._cache[key]
+    def _loaded(self, key: tuple[str, str], done: asyncio.Future[QueryTarget]) -> None:
+        if self._loading.get(key) is done:
+            del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure nobody awaited any more is not logged
 
     def _load(self, authorization: str | None, name: str) -> QueryTarget:
         with self._sessions() as session:

@@ -21,9 +21,10 @@ import ray
 from ray import serve
 from ray.serve.api import _run
 from ray.serve.context import _get_global_client
-from ray.serve.schema import ApplicationDetails, ApplicationStatus, DeploymentDetails
+from ray.serve.schema import ApplicationStatus
 
 from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
+from deploy.providers.serve_details import AppView
 from workers.serve.app import build_app
 from workers.serve.config import WorkerAppConfig
 from workers.serve.server import EngineFactory
@@ -142,7 +143,7 @@ class LocalRayProvider:
     def list_apps(self, prefix: str) -> dict[str, AppStatus]:
         raw_apps: dict[str, Any] = self._serve_details()["applications"]
         return {
-            name: app_status(ApplicationDetails(**raw))
+            name: app_status(AppView.model_validate(raw))
             for name, raw in raw_apps.items()
             if name.startswith(prefix)
         }
@@ -210,14 +211,14 @@ class LocalRayProvider:
         details: dict[str, Any] = ray.get(ref, timeout=self.timeout_s)
         return details
 
-    def _app_details(self, name: str) -> ApplicationDetails | None:
+    def _app_details(self, name: str) -> AppView | None:
         raw = self._serve_details()["applications"].get(name)
-        return None if raw is None else ApplicationDetails(**raw)
+        return None if raw is None else AppView.model_validate(raw)
 
 
-def app_status(app: ApplicationDetails) -> AppStatus:
+def app_status(app: AppView) -> AppStatus:
     """Our view of a Serve application: phase, a readable message, replica counts."""
-    ingress = _ingress_deployment(app)
+    ingress = app.ingress
     running = 0 if ingress is None else sum(r.state == "RUNNING" for r in ingress.replicas)
     return AppStatus(
         name=app.name,
@@ -246,7 +247,7 @@ def summarize_failure(message: str) -> str:
     return text
 
 
-def _status_message(app: ApplicationDetails) -> str:
+def _status_message(app: AppView) -> str:
     parts = [summarize_failure(app.message)] if app.message else []
     parts += [
         f"{name}: {summarize_failure(deployment.message)}"
@@ -254,15 +255,6 @@ def _status_message(app: ApplicationDetails) -> str:
         if deployment.message
     ]
     return " ".join(parts)
-
-
-def _ingress_deployment(app: ApplicationDetails) -> DeploymentDetails | None:
-    topology = app.deployment_topology
-    if topology is not None and topology.ingress_deployment in app.deployments:
-        return app.deployments[topology.ingress_deployment]
-    if len(app.deployments) == 1:
-        return next(iter(app.deployments.values()))
-    return None  # not registered yet
 
 
 def _local_logs_dir() -> Path | None:

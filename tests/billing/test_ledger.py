@@ -32,6 +32,7 @@ from billing.ledger import (
     UsageRow,
     cap_text,
 )
+from billing.ledger.rows import inference_params
 from control_plane.db import upgrade
 from control_plane.db.migrate import alembic_config
 
@@ -108,6 +109,42 @@ def test_a_row_is_committed_with_every_field_when_record_returns(engine: Engine)
 
     asyncio.run(scenario())
     assert usage_rows(engine)[1]._asdict() == shared.as_params()
+
+
+def test_rows_are_stored_exactly_as_a_sqlalchemy_insert_stores_them(engine: Engine) -> None:
+    # The ledger runs its INSERTs as driver SQL with values converted by the column types;
+    # the bytes in the database must be what a Core insert of the same row would store.
+    rows = [
+        usage("req-ledger-a"),
+        usage("req-ledger-b", workspace_id=None, client_request_id=None, usage_context=None),
+    ]
+    payload = InferencePayload(request='{"messages": []}', response=None)
+
+    async def scenario() -> None:
+        async with UsageLedger(engine) as ledger:
+            await ledger.record(rows[0], payload)
+            await ledger.record(rows[1])
+
+    asyncio.run(scenario())
+    with engine.begin() as connection:
+        for row in rows:
+            params = row.as_params()
+            params["databricks_request_id"] = row.databricks_request_id.replace("ledger", "core")
+            connection.execute(USAGE_TABLE.insert(), params)
+        connection.execute(
+            INFERENCE_TABLE.insert(),
+            inference_params(rows[0], payload, 1024) | {"databricks_request_id": "req-core-a"},
+        )
+
+    for table in ("endpoint_usage", "inference_log"):
+        with engine.connect() as connection:  # the driver's values, no result processing
+            result = connection.exec_driver_sql(f"SELECT * FROM {table}")
+            key = list(result.keys()).index("databricks_request_id")
+            stored = {row[key]: (*row[:key], *row[key + 1 :]) for row in result}
+        written_by_ledger = [request_id for request_id in stored if "ledger" in request_id]
+        assert len(written_by_ledger) == (2 if table == "endpoint_usage" else 1)
+        for request_id in written_by_ledger:
+            assert stored[request_id] == stored[request_id.replace("ledger", "core")], table
 
 
 def test_concurrent_records_are_group_committed_in_few_transactions(engine: Engine) -> None:

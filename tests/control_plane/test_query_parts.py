@@ -4,9 +4,11 @@ shapes (logprobs, usage chunk, base64 embeddings, stream nulls) and error classi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
+import threading
 from collections import Counter
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from pydantic import JsonValue
 
 from control_plane.endpoints.config import EndpointConfig
-from control_plane.errors import BadRequest, InvalidParameter, TemporarilyUnavailable
+from control_plane.errors import BadRequest, InvalidParameter, NotFound, TemporarilyUnavailable
 from control_plane.query import responses
 from control_plane.query.replicas import ReplicaFailed, classify
 from control_plane.query.requests import (
@@ -25,6 +27,7 @@ from control_plane.query.requests import (
     QueryKind,
     parse_request,
 )
+from control_plane.query.targets import QueryTarget, QueryTargets
 from control_plane.query.traffic import candidates
 from tests.control_plane.domain_factories import endpoint_config, query_target, served_entity
 from workers.engine.request import Completion, TokenChunk, TokenLogprob, Usage
@@ -203,3 +206,59 @@ def test_replica_errors_are_client_or_retryable() -> None:
     assert isinstance(client, BadRequest) and "max_tokens" in client.message
     assert isinstance(classify(RuntimeError("engine died"), entity), ReplicaFailed)
     assert isinstance(classify(TimeoutError(), entity), ReplicaFailed)
+
+
+class CountingTargets(QueryTargets):
+    """`QueryTargets` whose database read is counted and held until `release` is set."""
+
+    def __init__(self, failing: bool = False) -> None:
+        super().__init__(sessions=None, ttl_s=60)  # type: ignore[arg-type]
+        self.reads = 0
+        self.failing = failing
+        self.release = threading.Event()
+
+    def _load(self, authorization: str | None, name: str) -> QueryTarget:
+        self.reads += 1
+        self.release.wait(5)
+        if self.failing:
+            raise NotFound(f"no endpoint {name}")
+        return query_target(None)
+
+
+def test_concurrent_misses_share_one_read_and_cancelling_one_caller_spares_the_rest() -> None:
+    async def scenario() -> None:
+        targets = CountingTargets()
+        callers = [asyncio.create_task(targets.resolve("Bearer t", "chat")) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        callers[0].cancel()
+        targets.release.set()
+        results = await asyncio.gather(*callers[1:])
+        assert targets.reads == 1
+        assert all(result is results[0] for result in results)
+        assert await targets.resolve("Bearer t", "chat") is results[0]  # cached
+        assert targets.reads == 1
+        await targets.resolve("Bearer other", "chat")  # another token is another key
+        assert targets.reads == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_read_begun_before_forget_is_not_cached_and_failures_never_are() -> None:
+    async def scenario() -> None:
+        targets = CountingTargets()
+        first = asyncio.create_task(targets.resolve("Bearer t", "chat"))
+        await asyncio.sleep(0.05)
+        targets.forget("chat")  # e.g. the endpoint's config changed meanwhile
+        targets.release.set()
+        await first
+        await targets.resolve("Bearer t", "chat")
+        assert targets.reads == 2
+
+        failing = CountingTargets(failing=True)
+        failing.release.set()
+        for _ in range(2):
+            with pytest.raises(NotFound):
+                await asyncio.gather(*(failing.resolve("Bearer t", "gone") for _ in range(5)))
+        assert failing.reads == 2
+
+    asyncio.run(scenario())

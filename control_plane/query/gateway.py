@@ -9,7 +9,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,19 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.ledger import UsageLedger
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.config import ServedEntity
-from control_plane.errors import RequestLimitExceeded, TemporarilyUnavailable
-from control_plane.ids import utcnow
 from control_plane.query.metrics import GatewayMetrics
-from control_plane.query.prompts import Tokenizers
 from control_plane.query.ratelimit import build_rate_limiter
-from control_plane.query.ratelimit.limiter import (
-    RateLimited,
-    RateLimiter,
-    RateLimiterUnavailable,
-    Reservation,
-)
+from control_plane.query.ratelimit.limiter import RateLimiter
 from control_plane.query.replicas import Replicas
-from control_plane.query.targets import QueryTarget, QueryTargets
+from control_plane.query.requests import Tokenizers
+from control_plane.query.targets import QueryTargets
 from control_plane.settings import Settings
 from deploy.providers.base import AppStatus, Provider
 
@@ -86,35 +78,6 @@ class Gateway:
             await asyncio.gather(self._sampler, return_exceptions=True)
         await self.ledger.close()
         await self.limiter.close()
-
-    # -- the rate-limit step of the query path -------------------------------------------
-    async def reserve(
-        self, target: QueryTarget, request_id: str, prompt_tokens: int
-    ) -> Reservation | None:
-        """Admit the query under every rate limit that applies, or 429 with Retry-After."""
-        if not target.rules:
-            return None
-        try:
-            return await self.limiter.reserve(request_id, target.rules, prompt_tokens)
-        except RateLimited as exc:
-            self.metrics.rate_limited.labels(target.endpoint_name, exc.rule.key).inc()
-            raise RequestLimitExceeded(
-                f"rate limit of endpoint {target.endpoint_name!r} exceeded "
-                f"({exc.rule.describe()}); retry in {exc.retry_after_s} s",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            ) from None
-        except RateLimiterUnavailable as exc:
-            raise TemporarilyUnavailable(
-                f"rate limits cannot be checked: {exc}",
-                headers={"Retry-After": str(self.settings.gateway.retry_after_s)},
-            ) from None
-
-    def admitted_at(self, reservation: Reservation | None) -> datetime:
-        """When the query was admitted: the shared limiter's clock when it has one (so rows
-        of several processes order exactly as the limiter admitted them), else now."""
-        if reservation is not None and reservation.rules and self.limiter.wall_clock:
-            return datetime.fromtimestamp(reservation.admitted_at_s, UTC)
-        return utcnow()
 
     # -- replica statistics for /metrics ---------------------------------------------------
     async def _sample_forever(self) -> None:

@@ -5,9 +5,11 @@ chat, completions or embeddings), the OpenAI-style `POST /serving-endpoints/chat
 `/completions` and `/embeddings` (the endpoint in the body's `model`; the route must match
 the endpoint's task), and `GET /serving-endpoints/models`.
 
-`answer` reads top to bottom: authenticate and resolve the target, parse the body against the
-endpoint's task, rate limit, tokenize, dispatch to a replica (traffic split, fallback), shape
-the response, account. Everything after admission runs inside `Accounting`, which records
+`answer` reads top to bottom: authenticate and resolve the target (`targets`), pick the
+candidate entities (`traffic`: the split, then the fallback), parse the body against the
+endpoint's task (`requests`), rate limit (`_admit`, the limiter in `ratelimit`), tokenize,
+dispatch to a replica (`replicas`), shape the response (`responses`), account
+(`accounting`). Everything after admission runs inside `Accounting`, which records
 exactly one usage row whatever happens; whole answers leave it before they are sent, streams
 before their last bytes (`streaming`).
 """
@@ -18,6 +20,7 @@ import json
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -26,12 +29,16 @@ from fastapi.responses import Response
 from control_plane.api.deps import CallerDep, EndpointsDep
 from control_plane.auth import Level, level_of
 from control_plane.endpoints.config import ServedEntity
-from control_plane.errors import InvalidParameter, TemporarilyUnavailable
-from control_plane.ids import to_millis
-from control_plane.query import responses, streaming, traffic
+from control_plane.errors import InvalidParameter, RequestLimitExceeded, TemporarilyUnavailable
+from control_plane.ids import to_millis, utcnow
+from control_plane.query import responses, traffic
 from control_plane.query.accounting import Accounting
 from control_plane.query.gateway import Gateway
-from control_plane.query.prompts import PromptIds
+from control_plane.query.ratelimit.limiter import (
+    RateLimited,
+    RateLimiterUnavailable,
+    Reservation,
+)
 from control_plane.query.replicas import EntitiesUnavailable, Slot
 from control_plane.query.requests import (
     KIND_FIELD,
@@ -40,6 +47,7 @@ from control_plane.query.requests import (
     EmbeddingsRequest,
     GenerationBody,
     JsonObject,
+    PromptIds,
     QueryKind,
     parse_request,
 )
@@ -98,18 +106,21 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
     the body's `model` names it."""
     gateway = _gateway(request)
     raw = await _json_object(request)
-    # 1-2. authenticate, resolve the target: caller, endpoint, CAN_QUERY, limits (cached)
+    # 2. authenticate, resolve the target: caller, endpoint, CAN_QUERY, limits (cached)
     authorization = request.headers.get("authorization")
     target = await gateway.targets.resolve(authorization, name or _model_of(raw))
-    body = parse_request(_kind_for(target, kind, raw), raw)
+    # 3. the body's kind is the endpoint's task; the traffic split picks the candidates
+    kind = _kind_for(target, kind, raw)
     candidates = traffic.candidates(target)
+    # 4. the body, validated once; its prompt as token ids, per tokenizer, on first use
+    body = parse_request(kind, raw)
     prompt = PromptIds(body, gateway.tokenizers)
     request_id = uuid.uuid4().hex
-    # 3. rate limit: every limit counts the call; a token limit also counts the prompt,
-    #    which is tokenized for it under the first candidate's tokenizer (step 4)
+    # 5. rate limit: every limit counts the call; a token limit also counts the prompt,
+    #    tokenized for it now under the first candidate's tokenizer
     limits_tokens = any(rule.tokens is not None for rule in target.rules)
     prompt_tokens = sum(map(len, prompt.of(candidates[0]))) if limits_tokens else 0
-    reservation = await gateway.reserve(target, request_id, prompt_tokens)
+    reservation = await _admit(gateway, target, request_id, prompt_tokens)
     accounting = Accounting(
         request_id=request_id,
         target=target,
@@ -118,20 +129,20 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
         client_request_id=body.client_request_id,
         usage_context=body.usage_context,
         reservation=reservation,
-        request_time=gateway.admitted_at(reservation),
+        request_time=_admitted_at(gateway, reservation),
         request_payload=json.dumps(raw) if target.inference_table_enabled else None,
         ledger=gateway.ledger,
         limiter=gateway.limiter,
         metrics=gateway.metrics,
     )
     query = Query(gateway, authorization, target, candidates, prompt, accounting)
-    # 4-7. tokenize per candidate, dispatch, shape, account (one usage row, whatever happens)
+    # 6-9. account (one usage row, whatever happens) around dispatch and shaping
     shaped: Answer
     if isinstance(body, EmbeddingsRequest):
         async with accounting:
             entity, shaped = await _embed(query, body)
     elif body.stream:
-        return await streaming.respond(_stream(query, body), body, accounting)
+        return await responses.respond(_stream(query, body), body, accounting)
     else:
         async with accounting:  # the row is committed before the answer is sent
             entity, shaped = await _complete(query, body)
@@ -207,9 +218,9 @@ async def _embed(
 
 
 async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, None]:
-    """Steps 5-7 of a stream, as SSE events. The first item ("") says the first chunk
-    arrived: an error before it is a plain HTTP error, one after it an error event. The
-    usage row is committed before the usage chunk and `data: [DONE]`."""
+    """Steps 7-9 of a stream (dispatch, shape, account), as SSE events. The first item ("")
+    says the first chunk arrived: an error before it is a plain HTTP error, one after it an
+    error event. The usage row is committed before the usage chunk and `data: [DONE]`."""
     accounting, replicas = query.accounting, query.gateway.replicas
     started = False
     try:
@@ -222,7 +233,7 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
                 started = True
                 yield ""
                 text_of = query.gateway.tokenizers.token_text(entity)
-                async for event in streaming.events(body, accounting, first, rest, text_of):
+                async for event in responses.events(body, accounting, first, rest, text_of):
                     yield event
             finally:
                 slot.release()
@@ -230,9 +241,40 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
     except Exception as exc:
         if not started:
             raise
-        yield streaming.error_event(exc)
+        yield responses.error_event(exc)
         return
-    yield streaming.closing(body, accounting)
+    yield responses.closing(body, accounting)
+
+
+# -- the rate-limit step ----------------------------------------------------------------------
+async def _admit(
+    gateway: Gateway, target: QueryTarget, request_id: str, prompt_tokens: int
+) -> Reservation | None:
+    """Admit the query under every rate limit that applies, or 429 with Retry-After."""
+    if not target.rules:
+        return None
+    try:
+        return await gateway.limiter.reserve(request_id, target.rules, prompt_tokens)
+    except RateLimited as exc:
+        gateway.metrics.rate_limited.labels(target.endpoint_name, exc.rule.key).inc()
+        raise RequestLimitExceeded(
+            f"rate limit of endpoint {target.endpoint_name!r} exceeded "
+            f"({exc.rule.describe()}); retry in {exc.retry_after_s} s",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
+    except RateLimiterUnavailable as exc:
+        raise TemporarilyUnavailable(
+            f"rate limits cannot be checked: {exc}",
+            headers={"Retry-After": str(gateway.settings.gateway.retry_after_s)},
+        ) from None
+
+
+def _admitted_at(gateway: Gateway, reservation: Reservation | None) -> datetime:
+    """When the query was admitted: the shared limiter's clock when it has one (so rows of
+    several processes order exactly as the limiter admitted them), else now."""
+    if reservation is not None and reservation.rules and gateway.limiter.wall_clock:
+        return datetime.fromtimestamp(reservation.admitted_at_s, UTC)
+    return utcnow()
 
 
 # -- the request, before the query ------------------------------------------------------------

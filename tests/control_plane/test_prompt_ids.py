@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from control_plane.query.prompts import PromptIds, Tokenizers
-from control_plane.query.requests import QueryKind, parse_request
+from control_plane.query.requests import PromptIds, QueryKind, Tokenizers, parse_request
 from tests.control_plane.domain_factories import served_entity
 from workers.tokenizer import Tokenizer, load_tokenizer
 

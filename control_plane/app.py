@@ -89,15 +89,17 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
 
 
 def routers() -> list[APIRouter]:
-    # endpoint_details first: its fixed paths must win over `/{name}` patterns.
+    # Routes are matched in order. The query routes first: they are the hot path, and no
+    # other path starts with /serving-endpoints. endpoint_details before endpoints: its
+    # fixed paths must win over `/{name}` patterns.
     return [
+        query_routes.router,
         endpoint_details.router,
         endpoints.router,
         permissions.router,
         workspaces.router,
         tokens.router,
         models.router,
-        query_routes.router,
         billing_usage.router,
         billing_records.router,
         billing_invoices.router,

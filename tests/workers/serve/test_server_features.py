@@ -24,10 +24,6 @@ from workers.serve.config import WorkerAppConfig
 from workers.serve.server import LLMServer
 from workers.tokenizer import load_tokenizer
 
-# Ray Serve awaits `async def __del__` itself at shutdown; when the garbage collector later
-# calls it again outside Serve, Python warns that the coroutine was never awaited.
-pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__':RuntimeWarning")
-
 CONFIG = WorkerAppConfig(model=ModelSource(preset="dbrx-tiny"))
 
 

@@ -25,6 +25,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
 from billing.db import BillingBase
@@ -197,20 +198,26 @@ class UsageLedger:
     def _write(self, usage: list[dict[str, Any]], inference: list[dict[str, Any]]) -> None:
         """One transaction, one executemany per table (runs in a worker thread), on the
         writer's own connection: no pool checkout and liveness ping per batch. A failed batch
-        drops the connection, so the next one starts on a fresh one."""
-        if self._connection is None:
-            self._connection = self._engine.connect()
-        connection = self._connection
-        try:
-            with connection.begin():
-                self._usage_insert.run(connection, _first_per_request(usage))
-                if inference:
-                    self._inference_insert.run(connection, _first_per_request(inference))
-        except Exception:
-            self._connection = None
-            with contextlib.suppress(Exception):
-                connection.close()
-            raise
+        drops the connection, so the next one starts on a fresh one; a batch that failed
+        because the connection had died (a database restart) is retried once on a fresh one
+        at once, which the idempotent INSERTs make safe."""
+        for attempt in (1, 2):
+            if self._connection is None:
+                self._connection = self._engine.connect()
+            connection = self._connection
+            try:
+                with connection.begin():
+                    self._usage_insert.run(connection, _first_per_request(usage))
+                    if inference:
+                        self._inference_insert.run(connection, _first_per_request(inference))
+                return
+            except Exception as error:
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    connection.close()
+                dead = isinstance(error, DBAPIError) and error.connection_invalidated
+                if attempt == 2 or not dead:
+                    raise
 
 
 class _DriverInsert:

@@ -9,13 +9,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def build_engine(url: str) -> Engine:
+    # hide_parameters: a database error's text never carries the bound values (callers'
+    # data, several tenants' in one batch) into a log line or an error message.
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_pre_ping=True,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+    )
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -204,7 +204,9 @@ def test_a_repeated_request_id_keeps_the_first_row_and_both_calls_return(
     assert [(row.request, row.response) for row in logged] == [('{"n": 1}', "first")]
 
 
-def test_a_failed_batch_raises_for_every_row_and_later_batches_succeed(engine: Engine) -> None:
+def test_a_failed_batch_raises_for_every_row_and_later_batches_succeed(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     table = USAGE_TABLE
 
     async def scenario() -> UsageLedger:
@@ -217,6 +219,8 @@ def test_a_failed_batch_raises_for_every_row_and_later_batches_succeed(engine: E
             for outcome in outcomes:
                 assert isinstance(outcome, LedgerWriteError), outcome
                 assert isinstance(outcome.__cause__, DBAPIError), outcome.__cause__
+                # Whoever logs the cause logs no row values (hide_parameters on the engine).
+                assert "alice@example.com" not in str(outcome.__cause__)
             assert ledger.batches_failed == 1
             table.create(engine)
             await ledger.record(usage("after"))
@@ -225,6 +229,11 @@ def test_a_failed_batch_raises_for_every_row_and_later_batches_succeed(engine: E
     ledger = asyncio.run(scenario())
     assert [row.databricks_request_id for row in usage_rows(engine)] == ["after"]
     assert (ledger.batches_committed, ledger.batches_failed) == (2, 1)
+    # The failure is logged without the rows' values (callers' data, possibly several
+    # tenants' in one batch).
+    failure_logs = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert failure_logs
+    assert not any("lost-" in line or "alice@example.com" in line for line in failure_logs)
 
 
 def test_close_flushes_rows_still_waiting_for_their_batch(engine: Engine) -> None:
@@ -394,3 +403,27 @@ def test_ledger_throughput_on_postgresql(pg_engine: Engine) -> None:
         f"({ledger_rate / per_row_rate:.1f}x one commit per row at {per_row_rate:,.0f} rows/s; "
         f"{ledger_rate / bulk_rate:.0%} of one bulk insert at {bulk_rate:,.0f} rows/s)"
     )
+
+
+def test_a_database_restart_between_batches_costs_no_row(pg_engine: Engine) -> None:
+    # The writer keeps its connection between batches. When the server drops it (a restart,
+    # an idle timeout), the next batch must go through on a fresh connection, not fail.
+    async def scenario() -> None:
+        async with UsageLedger(pg_engine) as ledger:
+            await ledger.record(usage("req-before"))
+            with pg_engine.begin() as connection:
+                terminated = connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            assert terminated >= 1  # the writer's connection was among them
+            await ledger.record(usage("req-after"))
+            assert ledger.batches_failed == 0
+
+    asyncio.run(scenario())
+    assert [row.databricks_request_id for row in usage_rows(pg_engine)] == [
+        "req-after",
+        "req-before",
+    ]

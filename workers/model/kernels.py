@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.model.layers import Attention
-from workers.model.moe import ExpertKernel, MoE, glu, looped_experts
+from workers.model.moe import ExpertKernel, MoE, each_hit_expert, glu, looped_experts
 
 # The row count oneDNN picks its blocked layout for; measured flat from 1 to 1024 rows at
 # decode and prefill shapes, so one layout serves every batch.
@@ -162,16 +162,13 @@ class PackedExperts:
         if torch.is_grad_enabled() or routed.dtype != torch.float32:
             return looped_experts(moe, routed, counts)
         w13, w2 = self._copies(moe)
-        out = torch.empty_like(routed)
-        start = 0
-        for expert, count in enumerate(counts.tolist()):
-            if count == 0:
-                continue
-            end = start + count
-            h = glu(packed_linear(routed[start:end], w13[expert]), moe.hidden)
-            out[start:end] = packed_linear(h, w2[expert])
-            start = end
-        return out
+        return each_hit_expert(
+            moe,
+            routed,
+            counts,
+            up=lambda x, expert: packed_linear(x, w13[expert]),
+            down=lambda h, expert: packed_linear(h, w2[expert]),
+        )
 
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:

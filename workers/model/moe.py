@@ -11,6 +11,7 @@ below (the reference), one grouped matmul for all experts (CUDA), or oneDNN-pack
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -48,19 +49,35 @@ def glu(h13: torch.Tensor, hidden: int) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def looped_experts(moe: MoE, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """One matmul pair per hit expert (the reference kernel; experts with no rows are
-    never read)."""
+Projection = Callable[[torch.Tensor, int], torch.Tensor]  # (rows, expert) -> rows @ W_expert
+
+
+def each_hit_expert(
+    moe: MoE, routed: torch.Tensor, counts: torch.Tensor, up: Projection, down: Projection
+) -> torch.Tensor:
+    """The GLU of every hit expert over its contiguous rows, with the given gate|up and down
+    projections; experts with no rows are never read."""
     out = torch.empty_like(routed)
     start = 0
     for expert, count in enumerate(counts.tolist()):
         if count == 0:
             continue
         end = start + count
-        h = glu(routed[start:end] @ moe.w13[expert].T, moe.hidden)  # [n_e, F]
-        out[start:end] = h @ moe.w2[expert]
+        h = glu(up(routed[start:end], expert), moe.hidden)  # [n_e, F]
+        out[start:end] = down(h, expert)
         start = end
     return out
+
+
+def looped_experts(moe: MoE, routed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """One plain matmul pair per hit expert (the reference kernel)."""
+    return each_hit_expert(
+        moe,
+        routed,
+        counts,
+        up=lambda x, expert: x @ moe.w13[expert].T,
+        down=lambda h, expert: h @ moe.w2[expert],
+    )
 
 
 class MoE(nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -83,7 +84,7 @@ class BillingJobs:
     def deliver(self, now: datetime, gateway: StripeGateway) -> DeliveryReport:
         return deliver_pending(self.engine, gateway, now)
 
-    async def run_forever(self, clock: Any) -> None:
+    async def run_forever(self, clock: Callable[[], datetime]) -> None:
         """Meter (and deliver to Stripe) every `metering_interval_s`; a failed pass is logged
         and retried next time."""
         gateway = self.stripe()

@@ -41,7 +41,7 @@ from control_plane.process_env import prefer_same_loop_routing
 TOKEN = "dapi-bench-gateway"
 ENDPOINT = "bench-overhead"
 PROMPT = "What does a gateway add to the latency of a query?"
-ROUNDS = 3  # throughput rounds per path, alternating
+ROUNDS = 5  # throughput rounds per path, alternating
 
 
 # -- a minimal HTTP/1.1 client ------------------------------------------------------------

@@ -7,9 +7,10 @@ table, in a worker thread (the drivers are synchronous), one batch in flight at 
 are idempotent by `databricks_request_id` (INSERT ... ON CONFLICT DO NOTHING), so a retried
 record keeps the first row.
 
-The INSERTs are compiled once, when the ledger is built, and run as driver SQL with values
-converted by the columns' own SQLAlchemy types (the same conversion a Core insert applies):
-a batch costs the database round trip, not a statement compilation and parameter pipeline.
+The INSERTs are compiled once, when the ledger is built, and run on the driver's own
+connection (the writer keeps one) with values converted by the columns' own SQLAlchemy types
+(the same conversion a Core insert applies): a batch costs the database round trip, not a
+statement compilation and an execution pipeline.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 
 from billing.db import BillingBase
@@ -92,7 +94,7 @@ class UsageLedger:
         self._wakeup = asyncio.Event()
         self._batch_full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._connection: Connection | None = None  # the writer thread's, made on first use
+        self._connection: PoolProxiedConnection | None = None  # the writer's, made on first use
         self._closing = False
         self.batches_committed = 0
         self.rows_committed = 0
@@ -197,33 +199,61 @@ class UsageLedger:
 
     def _write(self, usage: list[dict[str, Any]], inference: list[dict[str, Any]]) -> None:
         """One transaction, one executemany per table (runs in a worker thread), on the
-        writer's own connection: no pool checkout and liveness ping per batch. A failed batch
-        drops the connection, so the next one starts on a fresh one; a batch that failed
-        because the connection had died (a database restart) is retried once on a fresh one
-        at once, which the idempotent INSERTs make safe."""
+        writer's own driver connection: no pool checkout and liveness ping per batch. A
+        failed batch drops the connection, so the next one starts on a fresh one; a batch
+        that failed because the connection had died (a database restart) is retried once on
+        a fresh one at once, which the idempotent INSERTs make safe."""
         for attempt in (1, 2):
             if self._connection is None:
-                self._connection = self._engine.connect()
+                self._connection = self._engine.raw_connection()
             connection = self._connection
             try:
-                with connection.begin():
-                    self._usage_insert.run(connection, _first_per_request(usage))
+                cursor = connection.cursor()
+                try:
+                    self._usage_insert.run(cursor, _first_per_request(usage))
                     if inference:
-                        self._inference_insert.run(connection, _first_per_request(inference))
+                        self._inference_insert.run(cursor, _first_per_request(inference))
+                finally:
+                    cursor.close()
+                connection.commit()
                 return
             except Exception as error:
                 self._connection = None
+                dead = self._is_disconnect(error, connection)
                 with contextlib.suppress(Exception):
-                    connection.close()
-                dead = isinstance(error, DBAPIError) and error.connection_invalidated
+                    connection.rollback()
+                with contextlib.suppress(Exception):
+                    connection.invalidate() if dead else connection.close()
                 if attempt == 2 or not dead:
-                    raise
+                    raise self._wrapped(error, dead) from error
+
+    def _is_disconnect(self, error: Exception, connection: PoolProxiedConnection) -> bool:
+        dialect = self._engine.dialect
+        return isinstance(error, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
+            error, connection.dbapi_connection, None
+        )
+
+    def _wrapped(self, error: Exception, dead: bool) -> Exception:
+        """A driver error as SQLAlchemy's `DBAPIError` (as an engine would raise it), its
+        text carrying no bound values; any other error as it is."""
+        dialect = self._engine.dialect
+        if not isinstance(error, dialect.loaded_dbapi.Error):
+            return error
+        return DBAPIError.instance(
+            self._usage_insert.sql,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=dead,
+            dialect=dialect,
+        )
 
 
 class _DriverInsert:
     """`INSERT ... ON CONFLICT (request id) DO NOTHING` into one ledger table, compiled once
     for the engine's dialect, with every column named; `run` converts each row's values with
-    the columns' bind processors and hands the batch to the driver's executemany."""
+    the columns' bind processors and hands the batch to the driver cursor's executemany."""
 
     def __init__(self, engine: Engine, table_name: str) -> None:
         table = BillingBase.metadata.tables[table_name]
@@ -252,14 +282,14 @@ class _DriverInsert:
             if (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         )
 
-    def run(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+    def run(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
         params = []
         for row in rows:
             values = {name: row[name] for name in self.columns}  # every column, or KeyError
             for name, processor in self._processors:
                 values[name] = processor(values[name])
             params.append(values)
-        connection.exec_driver_sql(self.sql, params)
+        cursor.executemany(self.sql, params)
 
 
 def _first_per_request(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,13 +5,15 @@ chat, completions or embeddings), the OpenAI-style `POST /serving-endpoints/chat
 `/completions` and `/embeddings` (the endpoint in the body's `model`; the route must match
 the endpoint's task), and `GET /serving-endpoints/models`.
 
-`answer` reads top to bottom: authenticate and resolve the target (`targets`), pick the
+`QueryDoor` (ASGI middleware) sends those POSTs straight to `answer`; the FastAPI routes
+below declare them (OpenAPI, docs) and answer the same way if reached. `answer` reads top to
+bottom: authenticate and resolve the target (`targets`), pick the
 candidate entities (`traffic`: the split, then the fallback), parse the body against the
 endpoint's task (`requests`), rate limit (`_admit`, the limiter in `ratelimit`), tokenize,
 dispatch to a replica (`replicas`), shape the response (`responses`), account
 (`accounting`). Everything after admission runs inside `Accounting`, which records
 exactly one usage row whatever happens; whole answers leave it before they are sent, streams
-before their last bytes (`streaming`).
+before their last bytes (`responses.respond`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.api.deps import CallerDep, EndpointsDep
 from control_plane.auth import Level, level_of
 from control_plane.endpoints.config import ServedEntity
-from control_plane.errors import InvalidParameter, RequestLimitExceeded, TemporarilyUnavailable
+from control_plane.errors import (
+    ApiError,
+    InvalidParameter,
+    RequestLimitExceeded,
+    TemporarilyUnavailable,
+    error_response,
+)
 from control_plane.ids import to_millis, utcnow
 from control_plane.query import responses, traffic
 from control_plane.query.accounting import Accounting
@@ -54,7 +63,8 @@ from control_plane.query.requests import (
 from control_plane.query.targets import QueryTarget
 from workers.engine.request import GenerationRequest
 
-router = APIRouter(prefix="/serving-endpoints", tags=["query"])
+PREFIX = "/serving-endpoints"
+router = APIRouter(prefix=PREFIX, tags=["query"])
 T = TypeVar("T")
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
@@ -97,6 +107,57 @@ async def embeddings(request: Request) -> Response:
 async def invocations(name: str, request: Request) -> Response:
     """Query endpoint `name` with the body its task takes (see its /openapi)."""
     return await answer(request, None, name)
+
+
+# -- the hot path's door ---------------------------------------------------------------------
+_OPENAI_ROUTES = {
+    "/chat/completions": QueryKind.CHAT,
+    "/completions": QueryKind.COMPLETIONS,
+    "/embeddings": QueryKind.EMBEDDINGS,
+}
+
+
+class QueryDoor:
+    """ASGI middleware: the POST query routes above go straight to `answer`; every other
+    request goes on through FastAPI.
+
+    The routes above declare the query API (its OpenAPI, and the same answer when reached
+    through FastAPI); this door skips FastAPI's per-route machinery (routing through
+    every management route, dependency solving, five more coroutine frames resumed at
+    each await): about a sixth of the gateway's CPU per query in a profile. Installed as the
+    innermost user middleware, so FastAPI's outer layers (its body limit, the 500 handler)
+    still wrap it; an `ApiError` becomes the same JSON error the app's handler sends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            kind, name = _query_route(scope["path"])
+            if kind is not None or name is not None:
+                request = Request(scope, receive)
+                try:
+                    response = await answer(request, kind, name)
+                except ApiError as exc:
+                    response = error_response(exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _query_route(path: str) -> tuple[QueryKind | None, str | None]:
+    """(kind, None) for an OpenAI route, (None, name) for `{name}/invocations`, else
+    (None, None)."""
+    if not path.startswith(PREFIX):
+        return None, None
+    rest = path[len(PREFIX) :]
+    kind = _OPENAI_ROUTES.get(rest)
+    if kind is not None:
+        return kind, None
+    name, slash, tail = rest[1:].partition("/")
+    if slash and tail == "invocations" and name and rest[0] == "/":
+        return None, name
+    return None, None
 
 
 # -- one query -------------------------------------------------------------------------------

@@ -262,3 +262,56 @@ def test_a_read_begun_before_forget_is_not_cached_and_failures_never_are() -> No
         assert failing.reads == 2
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/serving-endpoints/chat/completions",
+        "/serving-endpoints/completions",
+        "/serving-endpoints/embeddings",
+        "/serving-endpoints/my-chat/invocations",
+        "/serving-endpoints/chat/invocations",
+        "/serving-endpoints/a b/invocations",
+        "/serving-endpoints//invocations",
+        "/serving-endpoints/a/b/invocations",
+        "/serving-endpoints/a/invocations/",
+        "/serving-endpoints/models",
+        "/serving-endpoints/chat/completions/",
+        "/serving-endpointsx/a/invocations",
+        "/api/2.0/serving-endpoints/a/invocations",
+        "/serving-endpoints",
+    ],
+)
+def test_the_query_door_takes_exactly_the_declared_post_query_routes(path: str) -> None:
+    """`QueryDoor` answers a POST before FastAPI routes it: it must take the paths the
+    declared query routes match, with the same endpoint name, and leave every other path
+    to FastAPI (where it gets the same 404/405 as before)."""
+    from starlette.routing import Match
+
+    from control_plane.query import routes
+
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": ""}
+    declared = [
+        (route, child)
+        for route in routes.router.routes
+        if (child := route.matches(scope))[0] == Match.FULL
+    ]
+    kind, name = routes._query_route(path)
+    if not declared:
+        assert (kind, name) == (None, None)
+        return
+    route, (_, child_scope) = declared[0]
+    assert (kind is not None) != (name is not None)
+    assert name == child_scope["path_params"].get("name")
+    endpoint = route.endpoint  # type: ignore[attr-defined]
+    assert endpoint is (routes.invocations if name else _route_of_kind(routes, kind))
+
+
+def _route_of_kind(routes: Any, kind: QueryKind | None) -> Any:
+    assert kind is not None
+    return {
+        QueryKind.CHAT: routes.chat_completions,
+        QueryKind.COMPLETIONS: routes.completions,
+        QueryKind.EMBEDDINGS: routes.embeddings,
+    }[kind]

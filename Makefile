@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # first keeps pip from resolving a multi-GB CUDA build for the range in pyproject.toml.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup run test lint typecheck contracts pytest bench clean
+.PHONY: setup run test lint typecheck contracts pytest bench fuzz clean
 
 setup: $(BIN)/.installed
 
@@ -37,6 +37,12 @@ pytest: setup
 
 bench: setup
 	$(BIN)/python bench/vs_transformers.py
+
+# The long fuzz run: schemathesis against the live app's OpenAPI with two workspaces'
+# tokens (`make test` runs the short seeded one).
+fuzz: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MOESERVE_FUZZ_EXAMPLES=300 MOESERVE_FUZZ_SEED=random \
+		$(BIN)/pytest -q tests/fuzz --timeout 3600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -23,6 +23,8 @@ from control_plane.api import (
     models,
     permissions,
     prometheus,
+    scim,
+    token_management,
     tokens,
     workspaces,
 )
@@ -34,6 +36,7 @@ from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import install_error_handlers
 from control_plane.ids import utcnow
+from control_plane.process_env import reclaim_shutdown_signals
 from control_plane.query import routes as query_routes
 from control_plane.query.gateway import Gateway
 from control_plane.reconciler import Reconciler
@@ -56,6 +59,7 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         plane = await asyncio.to_thread(_start, settings, provider_factory or local_provider)
+        reclaim_shutdown_signals()  # Ray just took SIGTERM: let it drain, as SIGINT does
         app.state.plane = plane
         plane.gateway = await Gateway.start(
             settings, plane.engine, plane.sessions, plane.provider, lambda: plane.reconciler.apps
@@ -101,6 +105,8 @@ def routers() -> list[APIRouter]:
         permissions.router,
         workspaces.router,
         tokens.router,
+        token_management.router,
+        scim.router,
         models.router,
         billing_usage.router,
         billing_records.router,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from control_plane.auth.tokens import digest, issue_token
 from control_plane.db.models import Account, Endpoint, Principal, Token, Workspace
 from control_plane.endpoints.capacity import ChunkSize
+from control_plane.endpoints.environment import EnvironmentPolicy
 from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
 from control_plane.endpoints.service import new_endpoint
 from control_plane.endpoints.validation import CapacityCheck, check_endpoint_name, normalize_config
@@ -105,6 +106,7 @@ def _ensure_shared_endpoints(
             now_ms=to_millis(now) or 0,
             resolve_model=lambda name, version: resolve(session, None, name, version),
             check_capacity=check_capacity,
+            check_environment=lambda env: EnvironmentPolicy(settings.environment).check(env, None),
             chunk_size=chunk_size,
             defaults=settings.workers,
         )

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import shlex
+import signal
 import sys
 import threading
 import time
@@ -80,12 +81,17 @@ def run(settings: Settings) -> int:
             port=settings.port,
             log_level="info",
             access_log=settings.access_log,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
     )
     threading.Thread(
         target=_announce, args=(server, app, settings), name="announce", daemon=True
     ).start()
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+    # uvicorn drains on SIGINT and SIGTERM alike, then re-raises the signal to the handler
+    # that was there before it: for both, Python's KeyboardInterrupt, so a stop by
+    # Kubernetes, Docker or systemd (SIGTERM) ends like Ctrl-C, with status 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
     print("moeserve stopped", flush=True)
     return 0
@@ -99,26 +105,33 @@ def _announce(server: Any, app: Any, settings: Settings) -> None:
     plane = app.state.plane
     base = settings.base_url()
     print(f"\nmoeserve is up at {base} (API docs: {base}/docs)", flush=True)
+    # Only a token generated now is printed (once): one the operator supplied, or one
+    # generated on an earlier start, never reaches the output.
     token = plane.generated_admin_token
     if token:
         print(f"admin token (shown once; keep it): {token}", flush=True)
-    elif settings.admin_token is not None:
-        token = settings.admin_token.get_secret_value()
     for shared in settings.shared_endpoints:
         _wait_ready(plane, shared.name, server)
     if server.should_exit or not settings.shared_endpoints:
         return
-    shown = token or "$DATABRICKS_TOKEN"
-    print("\nTry it:\n" + _examples(settings, base, shown), flush=True)
+    print("\nTry it:", flush=True)
     if not token:
-        print("  (the admin token was printed on first start)", flush=True)
+        source = "MOESERVE_ADMIN_TOKEN" if settings.admin_token else "printed on first start"
+        print(f"  export DATABRICKS_TOKEN=...  (an admin token: {source})", flush=True)
+    print(_examples(settings, base, token), flush=True)
     print("Ctrl-C stops moeserve.", flush=True)
 
 
-def _examples(settings: Settings, base: str, token: str) -> str:
+def _examples(settings: Settings, base: str, token: str | None) -> str:
     """Commands to paste: a chat completion (curl and openai) and embeddings, on the shared
-    endpoints of those tasks."""
+    endpoints of those tasks; with `token` (generated now), or else reading
+    `$DATABRICKS_TOKEN`."""
     from control_plane.endpoints.config import Task
+
+    header = (
+        f"'Authorization: Bearer {token}'" if token else '"Authorization: Bearer $DATABRICKS_TOKEN"'
+    )
+    key = f"'{token}'" if token else "__import__('os').environ['DATABRICKS_TOKEN']"
 
     by_task = {shared.task: shared.name for shared in reversed(settings.shared_endpoints)}
     lines = []
@@ -128,11 +141,11 @@ def _examples(settings: Settings, base: str, token: str) -> str:
         body += '"max_tokens": 32}'
         lines += [
             f"  curl -s {base}/serving-endpoints/{chat}/invocations \\",
-            f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
+            f"    -H {header} -H 'Content-Type: application/json' \\",
             f"    -d {shlex.quote(body)}",
             "",
             '  python -c "from openai import OpenAI; '
-            f"c = OpenAI(api_key='{token}', base_url='{base}/serving-endpoints'); "
+            f"c = OpenAI(api_key={key}, base_url='{base}/serving-endpoints'); "
             f"print(c.chat.completions.create(model='{chat}', max_tokens=32, "
             "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"",
             "",
@@ -141,14 +154,12 @@ def _examples(settings: Settings, base: str, token: str) -> str:
     if embeddings is not None:
         lines += [
             '  python -c "from openai import OpenAI; '
-            f"c = OpenAI(api_key='{token}', base_url='{base}/serving-endpoints'); "
+            f"c = OpenAI(api_key={key}, base_url='{base}/serving-endpoints'); "
             f"print(len(c.embeddings.create(model='{embeddings}', input='Hello').data[0]"
             '.embedding))"',
             "",
         ]
-    lines.append(
-        f"  databricks-sdk: WorkspaceClient(host='{base}', token='{token}').serving_endpoints"
-    )
+    lines.append(f"  databricks-sdk: WorkspaceClient(host='{base}', token={key}).serving_endpoints")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(InvalidParameter(_validation_message(exc)).body(), status_code=400)
+
+    @app.exception_handler(StaleDataError)
+    async def _raced(_: Request, exc: StaleDataError) -> JSONResponse:
+        # Two requests changed one resource at once and this one lost (e.g. tags patched
+        # while the endpoint was being deleted): nothing was written; the client re-reads.
+        error = Conflict("the resource was changed or deleted by another request; re-read it")
+        return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 SAME_LOOP_ROUTING = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
 
@@ -14,3 +16,17 @@ def prefer_same_loop_routing() -> None:
     when `ray.serve` is first imported, so call this first thing in `main()`; an explicit
     setting in the environment wins."""
     os.environ.setdefault(SAME_LOOP_ROUTING, "0")
+
+
+def reclaim_shutdown_signals() -> None:
+    """Give SIGTERM and SIGINT back to the handlers Python had for them (uvicorn's, which
+    drain and run the lifespan shutdown). Ray's core worker installs a failure-signal
+    handler when `ray.init` connects, and that handler ends the process a moment after a
+    SIGTERM: the signal every rollout, `docker stop` and systemd stop sends. Call it after
+    Ray is initialized; only the main thread may set handlers (elsewhere: no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(number)
+        if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+            signal.signal(number, handler)

@@ -1,19 +1,30 @@
 """The model registry: built-in presets (version "1") and registered Hugging Face
 checkpoint directories, per workspace. Served entities name models by
-`entity_name` / `entity_version`; `resolve` turns that into a `ModelSource` for workers."""
+`entity_name` / `entity_version`; `resolve` turns that into a `ModelSource` for workers.
+
+A checkpoint source is caller input naming a path on the server, so it is confined: it must
+resolve (symlinks and `..` followed) to a directory under one of the operator's model roots
+(`Settings.model_roots`), and a directory some workspace registered belongs to it, with
+everything below it; other workspaces may use it only once an account admin has shared it.
+Every refusal of a path gives the same message, `UNUSABLE_SOURCE`, so an answer never tells
+whether a path exists or who registered it."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_plane.db.models import RegisteredModel
-from control_plane.errors import AlreadyExists, InvalidParameter
+from control_plane.db.models import ModelSource as ModelSourceRow
+from control_plane.db.models import ModelSourceShare, RegisteredModel, Workspace
+from control_plane.errors import AlreadyExists, Conflict, InvalidParameter, NotFound
 from control_plane.ids import to_millis, utcnow
 from workers.model.checkpoint import verify_checkpoint
 from workers.model.hf_config import CheckpointError
@@ -21,6 +32,10 @@ from workers.model.presets import PRESETS
 from workers.model.source import ModelSource
 
 PRESET_VERSION = "1"
+UNUSABLE_SOURCE = (
+    "source must be a checkpoint directory under the server's model roots that this "
+    "workspace may use"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,18 @@ class ModelList(BaseModel):
     models: list[ModelPublic]
 
 
+class ModelSourcePublic(BaseModel):
+    """A registered checkpoint directory, its owner, and the workspaces it is shared with."""
+
+    source: str = Field(description="the directory, symlinks and '..' resolved")
+    owner_workspace_id: str = Field(description="the workspace that registered it first")
+    shared_with: list[str] = Field(description="workspace ids that may register it too")
+
+
+class ModelSourceList(BaseModel):
+    sources: list[ModelSourcePublic]
+
+
 def builtin_models() -> list[ResolvedModel]:
     """Presets with weights of their own (the real-shape presets need a checkpoint)."""
     return [
@@ -83,11 +110,17 @@ def resolve(session: Session, workspace_id: str | None, name: str, version: str)
                 RegisteredModel.version == version,
             )
         ).first()
-    if record is None:
+    if record is None or workspace_id is None:
         raise InvalidParameter(
             f"model {name!r} version {version!r} is not registered in this workspace; "
             "GET /api/2.0/models lists the models you can serve, "
             "POST /api/2.0/models registers a checkpoint"
+        )
+    if not _access(session, workspace_id, Path(record.source)).usable:
+        raise InvalidParameter(
+            f"model {name!r} version {version!r} cannot be served: its checkpoint directory "
+            "belongs to another workspace and is not shared with this one (an account admin "
+            "shares it: PATCH /api/2.0/models/sources)"
         )
     source = ModelSource(
         checkpoint=record.source, tokenizer=_tokenizer_for(Path(record.source), record.model_type)
@@ -102,38 +135,152 @@ def _tokenizer_for(path: Path, family: str) -> str | None:
     return "cl100k_base" if family == "dbrx" else None
 
 
+def source_key(path: str) -> str:
+    """`model_sources`' key: the SHA-256 of the resolved path."""
+    return hashlib.sha256(path.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Access:
+    usable: bool  # every registered directory at, above or below it is ours or shared with us
+    owned: bool  # a registered directory at or above it already has an owner
+
+
+def _access(session: Session, workspace_id: str, path: Path) -> _Access:
+    """What `workspace_id` may do with `path` (an absolute, resolved path), in one query."""
+    at_or_above = [source_key(str(p)) for p in (path, *path.parents)]
+    below = str(path).rstrip("/") + "/"
+    rows = session.execute(
+        select(ModelSourceRow.path, ModelSourceRow.workspace_id, ModelSourceShare.workspace_id)
+        .outerjoin(
+            ModelSourceShare,
+            and_(
+                ModelSourceShare.path_key == ModelSourceRow.path_key,
+                ModelSourceShare.workspace_id == workspace_id,
+            ),
+        )
+        .where(
+            or_(
+                ModelSourceRow.path_key.in_(at_or_above),
+                # SQLite's LIKE ignores ASCII case: a superset, narrowed below.
+                ModelSourceRow.path.startswith(below, autoescape=True),
+            )
+        )
+    ).all()
+    usable, owned = True, False
+    for registered, owner, shared in rows:
+        other = Path(registered)
+        if path.is_relative_to(other):
+            owned = True
+        elif not other.is_relative_to(path):
+            continue
+        if owner != workspace_id and shared is None:
+            usable = False
+    return _Access(usable=usable, owned=owned)
+
+
+def _resolved_roots(roots: Sequence[Path]) -> list[Path]:
+    resolved = []
+    for root in roots:
+        try:
+            resolved.append(Path(root).resolve())
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return resolved
+
+
+def usable_directory(
+    session: Session, workspace_id: str, source: str, roots: Sequence[Path]
+) -> tuple[Path, bool]:
+    """The resolved checkpoint directory `source` names, and whether a registered directory
+    at or above it already has an owner; `InvalidParameter(UNUSABLE_SOURCE)` for anything
+    else: a relative, missing or non-directory path, one that resolves outside every model
+    root, or one another workspace owns and has not shared with this one. The ownership
+    query runs for every path, existing or not, so the time taken tells nothing either."""
+    unusable = InvalidParameter(UNUSABLE_SOURCE)
+    if not Path(source).is_absolute():
+        raise unusable
+    try:
+        candidate = Path(source).resolve()  # as far as the path exists
+    except (OSError, RuntimeError, ValueError):
+        raise unusable from None
+    access = _access(session, workspace_id, candidate)
+    inside = any(candidate.is_relative_to(root) for root in _resolved_roots(roots))
+    try:
+        found = Path(source).resolve(strict=True)
+        is_dir = found.is_dir()
+    except (OSError, RuntimeError, ValueError):
+        raise unusable from None
+    if not (inside and access.usable and is_dir and found == candidate):
+        raise unusable
+    return found, access.owned
+
+
 def register(
-    session: Session, workspace_id: str, creator: str, name: str, version: str, source: str
+    session: Session,
+    workspace_id: str,
+    creator: str,
+    name: str,
+    version: str,
+    source: str,
+    roots: Sequence[Path],
 ) -> RegisteredModel:
-    """Validate the checkpoint directory and store it (flushes; the caller commits)."""
+    """Validate the checkpoint directory and store it (flushes; the caller commits). The
+    first workspace to register a directory becomes its owner."""
     if any(model.name == name for model in builtin_models()):
         raise AlreadyExists(f"{name!r} is a built-in model; register under another name")
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise InvalidParameter(f"source {source!r} is not a directory readable by the server")
+    path, owned = usable_directory(session, workspace_id, source, roots)
+    # From here on the directory is this workspace's to use: its problems may be named.
     try:
         args = verify_checkpoint(path)
     except CheckpointError as exc:
         raise InvalidParameter(f"source {source!r} is not a servable checkpoint: {exc}") from None
+    except Exception as exc:  # unreadable files, malformed JSON or safetensors headers
+        raise InvalidParameter(
+            f"source {source!r} is not a servable checkpoint: its files could not be read "
+            f"({type(exc).__name__})"
+        ) from None
     if _tokenizer_for(path, args.family) is None and not (path / "tokenizer.json").is_file():
         raise InvalidParameter(
             f"source {source!r} has no tokenizer.json; a {args.family} checkpoint needs one"
+        )
+    now = utcnow()
+    if not owned:
+        session.add(
+            ModelSourceRow(
+                path_key=source_key(str(path)),
+                path=str(path),
+                workspace_id=workspace_id,
+                created_at=now,
+            )
         )
     record = RegisteredModel(
         workspace_id=workspace_id,
         name=name,
         version=version,
-        source=str(path.resolve()),
+        source=str(path),
         model_type=args.family,
         creator=creator,
-        created_at=utcnow(),
+        created_at=now,
     )
     session.add(record)
     try:
         session.flush()
     except IntegrityError:
         session.rollback()
-        raise AlreadyExists(f"model {name!r} version {version!r} is already registered") from None
+        taken = session.scalars(
+            select(RegisteredModel.id).where(
+                RegisteredModel.workspace_id == workspace_id,
+                RegisteredModel.name == name,
+                RegisteredModel.version == version,
+            )
+        ).first()
+        if taken is not None:
+            raise AlreadyExists(
+                f"model {name!r} version {version!r} is already registered"
+            ) from None
+        # Another registration of the directory won the race to own it.
+        raise InvalidParameter(UNUSABLE_SOURCE) from None
     return record
 
 
@@ -158,3 +305,82 @@ def list_models(session: Session, workspace_id: str) -> ModelList:
     return ModelList(
         models=[m.public() for m in builtin_models()] + [public_record(r) for r in records]
     )
+
+
+def _source_view(session: Session, row: ModelSourceRow) -> ModelSourcePublic:
+    shared = session.scalars(
+        select(ModelSourceShare.workspace_id)
+        .where(ModelSourceShare.path_key == row.path_key)
+        .order_by(ModelSourceShare.workspace_id)
+    ).all()
+    return ModelSourcePublic(
+        source=row.path, owner_workspace_id=row.workspace_id, shared_with=list(shared)
+    )
+
+
+def list_sources(session: Session, account_id: str) -> ModelSourceList:
+    """Every registered directory owned by a workspace of the account."""
+    rows = session.scalars(
+        select(ModelSourceRow)
+        .join(Workspace, Workspace.id == ModelSourceRow.workspace_id)
+        .where(Workspace.account_id == account_id)
+        .order_by(ModelSourceRow.path)
+    ).all()
+    return ModelSourceList(sources=[_source_view(session, row) for row in rows])
+
+
+def _source_in_account(session: Session, account_id: str, source: str) -> ModelSourceRow:
+    keys = {source_key(source)}
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        keys.add(source_key(str(Path(source).resolve())))
+    row = session.scalars(
+        select(ModelSourceRow)
+        .join(Workspace, Workspace.id == ModelSourceRow.workspace_id)
+        .where(ModelSourceRow.path_key.in_(keys), Workspace.account_id == account_id)
+    ).first()
+    if row is None:
+        raise NotFound("no workspace of this account registered that model source")
+    return row
+
+
+def share_source(
+    session: Session, account_id: str, source: str, add: Sequence[str], remove: Sequence[str]
+) -> ModelSourcePublic:
+    """Share a registered directory with workspaces of its owner's account, or stop sharing
+    it (flushes; the caller commits). Registrations already made stay listed, but a served
+    entity can no longer be created from them once the share is gone."""
+    row = _source_in_account(session, account_id, source)
+    if set(add) & set(remove):
+        raise InvalidParameter("a workspace cannot be both added and removed")
+    named = set(add) | set(remove)
+    known = set(
+        session.scalars(
+            select(Workspace.id).where(Workspace.id.in_(named), Workspace.account_id == account_id)
+        ).all()
+    )
+    missing = sorted(named - known)
+    if missing:
+        raise NotFound(f"workspace {missing[0]!r} does not exist")
+    if remove:
+        session.execute(
+            delete(ModelSourceShare).where(
+                ModelSourceShare.path_key == row.path_key,
+                ModelSourceShare.workspace_id.in_(set(remove)),
+            )
+        )
+    current = set(
+        session.scalars(
+            select(ModelSourceShare.workspace_id).where(ModelSourceShare.path_key == row.path_key)
+        ).all()
+    )
+    now = utcnow()
+    session.add_all(
+        ModelSourceShare(path_key=row.path_key, workspace_id=workspace_id, created_at=now)
+        for workspace_id in sorted(set(add) - current - {row.workspace_id})
+    )
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict("the model source's shares changed meanwhile; retry") from None
+    return _source_view(session, row)

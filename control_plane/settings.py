@@ -17,6 +17,7 @@ from control_plane.endpoints.config import Task
 from workers.engine.config import EngineConfig
 
 SHARED_PREFIX = "databricks-"
+MAX_TOKEN_LIFETIME_S = 100 * 365 * 86_400  # longer expiry dates overflow
 
 
 class SharedEndpoint(BaseModel):
@@ -96,8 +97,35 @@ class GatewaySettings(BaseModel):
         default=30, ge=1, description="Retry-After when a parked entity did not wake in time"
     )
     usage_batch_max: int = Field(default=512, ge=1, description="usage rows per commit")
+    usage_checkpoint_tokens: int = Field(
+        default=16,
+        ge=1,
+        description="a stream's delivered usage is checkpointed (for billing after a crash) "
+        "at least every this many completion tokens",
+    )
+    usage_checkpoint_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="... and at the first token delivered this long after its last "
+        "checkpoint; a non-streaming request still running this long after admission is "
+        "put on record too",
+    )
+    usage_checkpoint_stale_s: float = Field(
+        default=60,
+        ge=2,
+        description="an open request's checkpoint not refreshed for this long belongs to a "
+        "dead process and is billed from its last checkpoint (status 520); each process "
+        "refreshes its own every quarter of this. Must exceed the clock skew between "
+        "control planes sharing a database and their worst database stall",
+    )
     inference_table_max_bytes: int = Field(
         default=65536, ge=256, description="request/response payload cap in inference tables"
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="largest query body accepted (bytes); larger ones get 413 before they "
+        "are read (from Content-Length) or as soon as the bytes read pass it",
     )
     stats_interval_s: float = Field(
         default=5.0, gt=0, description="how often replica engine stats are sampled for /metrics"
@@ -106,6 +134,24 @@ class GatewaySettings(BaseModel):
         default=True,
         description="/metrics needs an account admin's bearer token (Prometheus "
         "`authorization` in the scrape config); false: open to anyone who can reach it",
+    )
+
+
+class EnvironmentSettings(BaseModel):
+    """What served entities may put in their replicas' environment (see
+    `control_plane.endpoints.environment`)."""
+
+    allowed: list[str] = Field(
+        default_factory=lambda: ["APP_*"],
+        description="names (or NAME_PREFIX* patterns) a served entity's environment_vars may "
+        "set; default APP_* only. Widen with care: variables such as LD_PRELOAD, PYTHON*, "
+        "BROWSER, RAY_*, CUDA_*, NCCL_* or OMP_* let an endpoint manager run code as the "
+        "serving host's user",
+    )
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="where {{secrets/<scope>/<key>}} references resolve: the file "
+        "<secrets_dir>/<workspace id>/<scope>/<key>; default none (references are refused)",
     )
 
 
@@ -122,6 +168,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "
         "default: a SQLite file in data_dir",
     )
+    model_roots: list[Path] = Field(
+        default_factory=lambda data: [Path(data.get("data_dir", ".moeserve")) / "models"],
+        description="directories registered checkpoints must lie in, compared after symlinks "
+        "and '..' are resolved; default: a models/ folder in data_dir; [] allows presets only",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = Field(
@@ -131,8 +182,23 @@ class Settings(BaseSettings):
         default=None, description="attach to this Ray cluster; default: start a local one"
     )
     ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray")
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=0,
+        description="on SIGTERM or SIGINT: how long in-flight requests get to finish before "
+        "they are cancelled (streams end with an error event); then usage rows are flushed "
+        "and a local Ray is stopped",
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="the bootstrap admin's token; default: generated, printed once"
+    )
+    max_token_lifetime_s: int | None = Field(
+        default=90 * 86_400,
+        gt=0,
+        le=MAX_TOKEN_LIFETIME_S,
+        description="the longest lifetime a token minted through the API may have (seconds; "
+        "default 90 days); a longer lifetime_seconds is refused, an absent one gets this. "
+        "'none': unlimited. The bootstrap admin's token is exempt",
     )
     account_name: str = "moeserve"
     workspace_name: str = "default"
@@ -179,6 +245,14 @@ class Settings(BaseSettings):
     )
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
+    environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
+
+    @field_validator("max_token_lifetime_s", mode="before")
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("none", "null", "unlimited"):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _grace_outlives_cached_routes(self) -> Settings:

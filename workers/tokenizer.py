@@ -188,7 +188,9 @@ class HFTokenizer:
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         raw = self._special if allow_special else self._plain
-        return list(raw.encode(text, add_special_tokens=False).ids)
+        # encode_batch releases the GIL (encode holds it), so a long prompt tokenized in a
+        # worker thread does not stall the event loop.
+        return list(raw.encode_batch([text], add_special_tokens=False)[0].ids)
 
     def decode(self, ids: list[int]) -> str:
         """Decode ids, special tokens included as text; `tokenizers` skips unknown ids."""

@@ -1,5 +1,6 @@
 """The ledger's tables: one row per request (`endpoint_usage`, shaped like Databricks
-`system.serving.endpoint_usage`) and an optional, size-capped payload log (`inference_log`).
+`system.serving.endpoint_usage`), an optional, size-capped payload log (`inference_log`), and
+the requests still in flight (`usage_checkpoints`), each with the usage delivered so far.
 
 Billing owns these tables and its own declarative base, so it never imports `control_plane`;
 the control plane's Alembic environment targets both metadatas.
@@ -23,6 +24,7 @@ ENDPOINT_NAME_LENGTH = 63
 NAME_LENGTH = 255  # principal names, served entity names, model names
 VERSION_LENGTH = 64
 KIND_LENGTH = 32  # model families, workload types
+OWNER_LENGTH = 32  # the id of the ledger (one per process start) that admitted a request
 
 
 class EndpointUsage(BillingBase):
@@ -82,3 +84,40 @@ class InferenceLog(BillingBase):
     __table_args__ = (
         Index("ix_inference_log_endpoint_id_request_time", "endpoint_id", "request_time"),
     )
+
+
+class UsageCheckpoint(BillingBase):
+    """An accepted request that has not ended yet: what its `endpoint_usage` row will say
+    (every column but `status_code`), with the tokens delivered so far.
+
+    Written at admission and updated while the request streams (its checkpoints); deleted
+    in the transaction that inserts the request's `endpoint_usage` row. A row left behind
+    belongs to a process that died: once `updated_at` is older than the stale bound (a live
+    process refreshes its rows' `updated_at` well within it), `settle_interrupted` turns it
+    into an `endpoint_usage` row with status `INTERRUPTED_STATUS` and deletes it, in one
+    transaction. `owner` names the process that admitted the request (for operators; the
+    stale bound alone decides). No secondary index: the table holds only requests in flight,
+    and an unindexed `updated_at` keeps PostgreSQL's frequent checkpoint updates HOT.
+    """
+
+    __tablename__ = "usage_checkpoints"
+
+    databricks_request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), primary_key=True)
+    client_request_id: Mapped[str | None] = mapped_column(String(CLIENT_REQUEST_ID_LENGTH))
+    requester: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    request_time: Mapped[datetime]
+    served_entity_id: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    entity_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    entity_version: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    model_family: Mapped[str] = mapped_column(String(KIND_LENGTH))
+    workload_type: Mapped[str] = mapped_column(String(KIND_LENGTH))
+    endpoint_name: Mapped[str] = mapped_column(String(ENDPOINT_NAME_LENGTH))
+    endpoint_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workspace_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    account_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    input_token_count: Mapped[int] = mapped_column(Integer)
+    output_token_count: Mapped[int] = mapped_column(Integer)
+    request_streaming: Mapped[bool] = mapped_column(Boolean)
+    usage_context: Mapped[dict[str, str] | None]
+    owner: Mapped[str] = mapped_column(String(OWNER_LENGTH))
+    updated_at: Mapped[datetime]

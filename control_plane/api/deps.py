@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from control_plane.auth import Caller, authenticate
+from control_plane.endpoints.environment import EnvironmentPolicy
 from control_plane.endpoints.service import EndpointService
 from control_plane.state import ControlPlane
 
@@ -30,9 +32,18 @@ def get_session(plane: PlaneDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_caller(
-    session: SessionDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
+# The bearer token, declared as the API's security scheme (so /openapi.json says how to
+# authenticate, and clients and fuzzers send it as one); `authenticate` parses the header.
+bearer = APIKeyHeader(
+    name="Authorization",
+    scheme_name="bearer",
+    description="`Bearer <token>`: a personal access token (dapi...)",
+    auto_error=False,
+)
+AuthorizationDep = Annotated[str | None, Security(bearer)]
+
+
+def get_caller(session: SessionDep, authorization: AuthorizationDep) -> Caller:
     return authenticate(session, authorization)
 
 
@@ -41,7 +52,12 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 def get_endpoints(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> EndpointService:
     return EndpointService(
-        session, caller, plane.settings.workers, plane.check_capacity, plane.chunk_size
+        session,
+        caller,
+        plane.settings.workers,
+        plane.check_capacity,
+        plane.chunk_size,
+        EnvironmentPolicy(plane.settings.environment),
     )
 
 

@@ -8,13 +8,11 @@ bearer token (`authorization` in the Prometheus scrape config); set
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from control_plane.api.deps import PlaneDep
+from control_plane.api.deps import AuthorizationDep, PlaneDep
 from control_plane.auth import authenticate
 from control_plane.errors import PermissionDenied, TemporarilyUnavailable
 
@@ -26,7 +24,7 @@ router = APIRouter(tags=["observability"])
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-def metrics(plane: PlaneDep, authorization: Annotated[str | None, Header()] = None) -> Response:
+def metrics(plane: PlaneDep, authorization: AuthorizationDep) -> Response:
     if plane.settings.gateway.metrics_require_auth:
         with plane.sessions() as session:
             caller = authenticate(session, authorization)

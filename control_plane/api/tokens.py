@@ -1,25 +1,49 @@
-"""Personal access tokens, Databricks token API shapes (`/api/2.0/token/...`)."""
+"""Personal access tokens, Databricks token API shapes (`/api/2.0/token/...`).
+
+A new token's expiry follows `control_plane.auth.tokens.expiry`: at most the
+`max_token_lifetime_s` setting (longer is a 400, absent gets the maximum) and never later
+than the expiry of the token the request came with."""
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.auth import issue_token
+from control_plane.auth.tokens import expiry, minter_expiry
 from control_plane.db.models import Principal, Token
 from control_plane.errors import NotFound
 from control_plane.ids import to_millis, utcnow
+from control_plane.state import ControlPlane
 
 router = APIRouter(prefix="/api/2.0/token", tags=["tokens"])
+MAX_LIFETIME_S = 100 * 365 * 86_400  # longer ones overflow the expiry date; omit for never
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, lone surrogates: no database stores them
+
+
+def _storable(text: str) -> str:
+    if _UNSTORABLE.search(text):
+        raise ValueError("must not hold NUL (\\u0000) or a lone surrogate")
+    return text
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 class CreateToken(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    comment: str | None = Field(default=None, max_length=1024)
+    comment: StorableText | None = Field(default=None, max_length=1024)
     lifetime_seconds: int | None = Field(
-        default=None, description="omit (or <= 0) for a token that does not expire"
+        default=None,
+        le=MAX_LIFETIME_S,
+        description="omit (or <= 0) for the longest lifetime allowed: the server's maximum "
+        "token lifetime (a longer one is refused), or none; never past the expiry of the "
+        "token that creates it",
     )
 
 
@@ -57,14 +81,26 @@ class Empty(BaseModel):
     """The empty object some calls answer."""
 
 
+def forget_credentials(plane: ControlPlane) -> None:
+    """After a token is revoked or a principal offboarded: this process's query path stops
+    honouring cached resolutions at once (other processes within `lookup_cache_ttl_s`)."""
+    if plane.gateway is not None:
+        plane.gateway.targets.forget()
+
+
 @router.post("/create", response_model=CreatedToken)
-def create_token(body: CreateToken, session: SessionDep, caller: CallerDep) -> CreatedToken:
+def create_token(
+    body: CreateToken, session: SessionDep, caller: CallerDep, plane: PlaneDep
+) -> CreatedToken:
     principal = session.get(Principal, caller.principal_id)
     assert principal is not None
-    lifetime = (
-        body.lifetime_seconds if body.lifetime_seconds and body.lifetime_seconds > 0 else None
+    expires_at = expiry(
+        utcnow(),
+        body.lifetime_seconds,
+        max_lifetime_s=plane.settings.max_token_lifetime_s,
+        minter_expires_at=minter_expiry(session, caller.token_id),
     )
-    issued = issue_token(session, principal, comment=body.comment or "", lifetime_seconds=lifetime)
+    issued = issue_token(session, principal, comment=body.comment or "", expires_at=expires_at)
     info = TokenInfo.of(issued.record)
     session.commit()
     return CreatedToken(token_value=issued.value, token_info=info)
@@ -89,6 +125,5 @@ def delete_token(
         raise NotFound(f"token {body.token_id!r} does not exist")
     token.revoked_at = utcnow()  # kept (revoked) so audits can still name it
     session.commit()
-    if plane.gateway is not None:  # this process stops honouring it at once (others: TTL)
-        plane.gateway.targets.forget()
+    forget_credentials(plane)
     return Empty()

@@ -1,5 +1,7 @@
 """Account administration: workspaces and their principals (users, service principals,
-groups). Each new user or service principal gets an initial token, shown once."""
+groups). Each new user or service principal gets an initial token, shown once; it lives at
+most `max_token_lifetime_s` and never past the token of the admin who added it.
+Deactivation and deletion are SCIM (`control_plane.api.scim`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_plane.api.deps import CallerDep, SessionDep
+from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
+from control_plane.api.tokens import StorableText
 from control_plane.auth import Caller, issue_token
+from control_plane.auth.tokens import IssuedToken, expiry, minter_expiry
 from control_plane.db.models import GroupMember, Principal, Workspace
 from control_plane.errors import AlreadyExists, InvalidParameter, NotFound, PermissionDenied
 from control_plane.ids import new_workspace_id, utcnow
@@ -26,19 +30,19 @@ class CreateWorkspace(BaseModel):
 
 class CreateUser(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    user_name: str = PrincipalName
+    user_name: StorableText = PrincipalName
     admin: bool = False
 
 
 class CreateServicePrincipal(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: str = PrincipalName
+    name: StorableText = PrincipalName
     admin: bool = False
 
 
 class CreateGroup(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    group_name: str = PrincipalName
+    group_name: StorableText = PrincipalName
     members: list[str] = Field(default_factory=list, description="user or service principal names")
 
 
@@ -52,11 +56,15 @@ class WorkspaceList(BaseModel):
 
 
 class CreatedUser(BaseModel):
+    id: str = Field(description="its id in the SCIM API (/api/2.0/preview/scim/v2/Users)")
     user_name: str
     token_value: str = Field(description="the user's first token: shown once")
 
 
 class CreatedServicePrincipal(BaseModel):
+    id: str = Field(
+        description="its id in the SCIM API (/api/2.0/preview/scim/v2/ServicePrincipals)"
+    )
     service_principal_name: str
     token_value: str = Field(description="the service principal's first token: shown once")
 
@@ -119,6 +127,7 @@ def _add_principal(
         name=name,
         is_workspace_admin=admin,
         is_account_admin=False,
+        active=True,
         created_at=utcnow(),
     )
     session.add(principal)
@@ -130,26 +139,50 @@ def _add_principal(
     return principal
 
 
+def _initial_token(
+    session: Session, caller: Caller, principal: Principal, max_lifetime_s: int | None
+) -> IssuedToken:
+    expires_at = expiry(
+        utcnow(),
+        None,
+        max_lifetime_s=max_lifetime_s,
+        minter_expires_at=minter_expiry(session, caller.token_id),
+    )
+    return issue_token(
+        session,
+        principal,
+        comment="initial token",
+        expires_at=expires_at,
+        created_by=(caller.principal_id, caller.name),
+    )
+
+
 @router.post("/{workspace_id}/users", response_model=CreatedUser)
 def create_user(
-    workspace_id: str, body: CreateUser, session: SessionDep, caller: CallerDep
+    workspace_id: str, body: CreateUser, session: SessionDep, caller: CallerDep, plane: PlaneDep
 ) -> CreatedUser:
     workspace = _workspace_for_admin(session, caller, workspace_id)
     user = _add_principal(session, workspace, "user", body.user_name, admin=body.admin)
-    token = issue_token(session, user, comment="initial token")
+    token = _initial_token(session, caller, user, plane.settings.max_token_lifetime_s)
     session.commit()
-    return CreatedUser(user_name=user.name, token_value=token.value)
+    return CreatedUser(id=str(user.id), user_name=user.name, token_value=token.value)
 
 
 @router.post("/{workspace_id}/service-principals", response_model=CreatedServicePrincipal)
 def create_service_principal(
-    workspace_id: str, body: CreateServicePrincipal, session: SessionDep, caller: CallerDep
+    workspace_id: str,
+    body: CreateServicePrincipal,
+    session: SessionDep,
+    caller: CallerDep,
+    plane: PlaneDep,
 ) -> CreatedServicePrincipal:
     workspace = _workspace_for_admin(session, caller, workspace_id)
     principal = _add_principal(session, workspace, "service_principal", body.name, admin=body.admin)
-    token = issue_token(session, principal, comment="initial token")
+    token = _initial_token(session, caller, principal, plane.settings.max_token_lifetime_s)
     session.commit()
-    return CreatedServicePrincipal(service_principal_name=principal.name, token_value=token.value)
+    return CreatedServicePrincipal(
+        id=str(principal.id), service_principal_name=principal.name, token_value=token.value
+    )
 
 
 @router.post("/{workspace_id}/groups", response_model=CreatedGroup)

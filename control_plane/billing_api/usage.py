@@ -1,22 +1,94 @@
-"""`GET /api/2.0/billing/endpoint-usage`: request-level usage rows (`endpoint_usage`)."""
+"""`GET /api/2.0/billing/endpoint-usage`: request-level usage rows (`endpoint_usage`), a page
+at a time.
+
+Pages follow Databricks list APIs: `page_size` rows (default `DEFAULT_PAGE_SIZE`, at most
+`MAX_PAGE_SIZE`), and a `next_page_token` while more rows match; passing it back as
+`page_token` (with the same filters) answers the next page. The order is stable —
+`request_time`, then `databricks_request_id` (unique) — and the token is a keyset cursor
+(the last row's place in that order), so rows written while a caller pages through never
+shift a page, and no row is skipped or repeated.
+
+The listing never fails on what is stored, whoever stored it: `usage_context` is read as
+the JSON text the database holds and parsed here, so a document the declared shape (string
+keys and values) does not fit is shown, not refused: a non-string value as its JSON text, and
+a document that is not a JSON object (or not JSON) as null. Text no response can carry — NUL
+and lone surrogates, which a JSON column may hold as escapes — is shown as U+FFFD.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import base64
+import binascii
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Text, and_, cast, or_, select
 
 from billing.ledger import EndpointUsage
+from billing.ledger.models import ENDPOINT_NAME_LENGTH, ID_LENGTH, REQUEST_ID_LENGTH
 from control_plane.api.deps import CallerDep, SessionDep
-from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range
+from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range, wants_csv
 from control_plane.billing_api.schemas import EndpointUsageList, EndpointUsageRow
+from control_plane.errors import InvalidParameter
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
-MAX_ROWS = 100_000
+DEFAULT_PAGE_SIZE = 1_000
+MAX_PAGE_SIZE = 10_000
+NEXT_PAGE_HEADER = "X-Next-Page-Token"  # CSV pages carry the token here
+_UNSHOWABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, lone surrogates
+_BAD_TOKEN = (
+    "page_token is not a token this listing returned: pass the previous page's "
+    "next_page_token unchanged, or leave page_token out for the first page"
+)
 
 
-@router.get("/endpoint-usage", response_model=EndpointUsageList, responses=CSV)
+class EndpointUsagePage(BaseModel):
+    """One page of usage rows, oldest first."""
+
+    endpoint_usage: list[EndpointUsageRow]
+    next_page_token: str | None = Field(
+        default=None,
+        description="pass as page_token for the next page; absent on the last page",
+    )
+
+
+class _Cursor(BaseModel):
+    """Where a page ended: the last row's place in the listing's order."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    t: datetime  # request_time, ISO 8601 with its zone
+    id: str = Field(min_length=1, max_length=REQUEST_ID_LENGTH)  # databricks_request_id
+
+    def token(self) -> str:
+        return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode().rstrip("=")
+
+    @classmethod
+    def of(cls, token: str) -> _Cursor:
+        """The cursor `token` holds, or a 400 (the token is never echoed)."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            cursor = cls.model_validate_json(raw)
+        except (ValueError, binascii.Error, ValidationError):
+            raise InvalidParameter(_BAD_TOKEN) from None
+        if cursor.t.tzinfo is None or _UNSHOWABLE.search(cursor.id):
+            raise InvalidParameter(_BAD_TOKEN)
+        return cursor
+
+
+PageSize = Annotated[
+    int,
+    Query(ge=1, le=MAX_PAGE_SIZE, description=f"rows per page (default {DEFAULT_PAGE_SIZE})"),
+]
+
+
+@router.get("/endpoint-usage", response_model=EndpointUsagePage, responses=CSV)
 def endpoint_usage(
     request: Request,
     session: SessionDep,
@@ -25,20 +97,89 @@ def endpoint_usage(
     end_time: str | None = None,
     endpoint_name: str | None = None,
     workspace_id: str | None = None,
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
+    page_token: str | None = None,
 ) -> Response:
-    """One row per accepted query in [start_time, end_time), oldest first (at most 100,000:
-    narrow the range for more)."""
+    """One row per accepted query in [start_time, end_time), oldest first, `page_size` rows
+    a page; `next_page_token` (CSV: the X-Next-Page-Token header) fetches the next."""
+    _plain_filter("endpoint_name", endpoint_name, ENDPOINT_NAME_LENGTH)
+    _plain_filter("workspace_id", workspace_id, ID_LENGTH)
     scope = billing_scope(caller, workspace_id)
     start, end = time_range(start_time, end_time)
-    query = select(EndpointUsage).where(
-        *scope.clause(EndpointUsage.account_id, EndpointUsage.workspace_id)
+    table = EndpointUsage
+    columns = [
+        column for name, column in table.__table__.columns.items() if name != "usage_context"
+    ]
+    query = select(*columns, cast(table.usage_context, Text).label("usage_context")).where(
+        *scope.clause(table.account_id, table.workspace_id)
     )
     if start is not None:
-        query = query.where(EndpointUsage.request_time >= start)
+        query = query.where(table.request_time >= start)
     if end is not None:
-        query = query.where(EndpointUsage.request_time < end)
+        query = query.where(table.request_time < end)
     if endpoint_name is not None:
-        query = query.where(EndpointUsage.endpoint_name == endpoint_name)
-    rows = session.scalars(query.order_by(EndpointUsage.request_time).limit(MAX_ROWS)).all()
-    page = EndpointUsageList(endpoint_usage=[EndpointUsageRow.model_validate(row) for row in rows])
-    return listing(request, page)
+        query = query.where(table.endpoint_name == endpoint_name)
+    if page_token is not None:
+        after = _Cursor.of(page_token)
+        query = query.where(
+            or_(
+                table.request_time > after.t,
+                and_(table.request_time == after.t, table.databricks_request_id > after.id),
+            )
+        )
+    query = query.order_by(table.request_time, table.databricks_request_id)
+    found = session.execute(query.limit(page_size + 1)).mappings().all()
+    rows = [_shown(dict(row)) for row in found[:page_size]]
+    next_token = None
+    if len(found) > page_size:
+        last = found[page_size - 1]
+        next_token = _Cursor(t=last["request_time"], id=last["databricks_request_id"]).token()
+    if wants_csv(request):
+        response = listing(request, EndpointUsageList(endpoint_usage=rows))
+        if next_token is not None:
+            response.headers[NEXT_PAGE_HEADER] = next_token
+        return response
+    page = EndpointUsagePage(endpoint_usage=rows, next_page_token=next_token)
+    return Response(
+        page.model_dump_json(exclude={"next_page_token"} if next_token is None else None),
+        media_type="application/json",
+    )
+
+
+def _plain_filter(name: str, value: str | None, max_length: int) -> None:
+    """A filter no stored value could equal is a 400, before it reaches the database (which
+    would refuse a NUL with an error)."""
+    if value is not None and (len(value) > max_length or _UNSHOWABLE.search(value)):
+        raise InvalidParameter(
+            f"{name} must be at most {max_length} characters, without NUL or lone surrogates"
+        )
+
+
+def _shown(row: dict[str, Any]) -> EndpointUsageRow:
+    """A stored row as the listing shows it (see the module's docstring)."""
+    values = {
+        name: _text(value) if isinstance(value, str) else value
+        for name, value in row.items()
+        if name != "usage_context"
+    }
+    values["usage_context"] = _context(row["usage_context"])
+    return EndpointUsageRow.model_validate(values)
+
+
+def _context(stored: str | None) -> dict[str, str] | None:
+    if stored is None:
+        return None
+    try:
+        document = json.loads(stored)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    return {
+        _text(key): _text(value if isinstance(value, str) else json.dumps(value))
+        for key, value in document.items()
+    }
+
+
+def _text(value: str) -> str:
+    return _UNSHOWABLE.sub("\ufffd", value)

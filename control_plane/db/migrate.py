@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -24,7 +25,7 @@ def upgrade(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         url = engine.url.database
         if url and url != ":memory:":
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(url))
     with engine.connect() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
@@ -40,3 +41,12 @@ def upgrade(engine: Engine) -> None:
                     text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK}
                 )
                 connection.commit()
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The SQLite file holds prompts (inference tables), usage and token digests: readable
+    by the server's user only (0600; SQLite gives its -wal and -shm files the same mode),
+    in a directory made 0700 when moeserve creates it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)  # a file made by an earlier version, under a laxer umask

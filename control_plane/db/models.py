@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control_plane.db.base import Base, Id, Name, Timestamp
@@ -48,6 +48,11 @@ class Principal(Base):
     name: Mapped[Name]
     is_workspace_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_account_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False once deactivated (SCIM `active`): its tokens are revoked and it cannot sign in.
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Set when deleted: the row stays as a tombstone (kind `deleted:<id>`, name free again)
+    # so its revoked tokens keep their owner and its id is never reused.
+    deleted_at: Mapped[datetime | None]
     created_at: Mapped[Timestamp]
 
     __table_args__ = (UniqueConstraint("workspace_id", "kind", "name"),)
@@ -76,6 +81,10 @@ class Token(Base):
     created_at: Mapped[Timestamp]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Who minted it (an admin, for a principal's initial or on-behalf-of token); kept as
+    # plain values so the record outlives that principal. None: minted by its owner.
+    created_by_id: Mapped[int | None] = mapped_column(Integer)
+    created_by_name: Mapped[str | None] = mapped_column(String(255))
 
 
 class RegisteredModel(Base):
@@ -91,6 +100,31 @@ class RegisteredModel(Base):
     created_at: Mapped[Timestamp]
 
     __table_args__ = (UniqueConstraint("workspace_id", "name", "version"),)
+
+
+class ModelSource(Base):
+    """A checkpoint directory some workspace registered (its resolved path), and that
+    workspace: the first to register it owns it, and with it everything below it. Other
+    workspaces may register it, or a directory above or below it, only once an account
+    admin has shared it with them (`ModelSourceShare`)."""
+
+    __tablename__ = "model_sources"
+
+    # SHA-256 of `path`: paths run to 4,096 characters, too long for a B-tree key.
+    path_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096))
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"))
+    created_at: Mapped[Timestamp]
+
+
+class ModelSourceShare(Base):
+    __tablename__ = "model_source_shares"
+
+    path_key: Mapped[str] = mapped_column(
+        ForeignKey("model_sources.path_key", ondelete="CASCADE"), primary_key=True
+    )
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    created_at: Mapped[Timestamp]
 
 
 class Endpoint(Base):

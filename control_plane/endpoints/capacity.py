@@ -56,7 +56,12 @@ def app_name(endpoint_id: str, entity: ServedEntity) -> str:
     return f"{endpoint_app_prefix(endpoint_id)}{entity.name}-{digest}"
 
 
-def worker_config(entity: ServedEntity, defaults: WorkerDefaults) -> WorkerAppConfig:
+def worker_config(
+    entity: ServedEntity, defaults: WorkerDefaults, environment: dict[str, str] | None = None
+) -> WorkerAppConfig:
+    """The worker app that serves `entity`. `environment`: the replicas' environment
+    variables with secret references resolved (`EnvironmentPolicy.resolved`); none when
+    the config is only checked (capacity)."""
     shape = workload_type(entity.workload_type)
     scaling: AutoscalingSettings | None = None
     replicas: int | None = entity.max_replicas
@@ -79,5 +84,5 @@ def worker_config(entity: ServedEntity, defaults: WorkerDefaults) -> WorkerAppCo
         engine=defaults.engine,
         cpus_per_shard=defaults.cpus_per_shard,
         threads_per_shard=defaults.threads_per_shard,
-        environment_vars=entity.environment_vars or {},
+        environment_vars=environment or {},
     )

@@ -20,6 +20,7 @@ from control_plane.endpoints.config import (
     TrafficConfig,
     WorkloadSize,
 )
+from control_plane.endpoints.environment import redacted
 from control_plane.endpoints.states import EndpointState, ServedEntityState
 from control_plane.ids import to_millis
 
@@ -43,7 +44,9 @@ class ServedEntityPublic(BaseModel):
 
     @classmethod
     def of(cls, entity: ServedEntity, state: ServedEntityState) -> ServedEntityPublic:
-        return cls.model_validate({**entity.model_dump(exclude=_INTERNAL), "state": state})
+        shown = entity.model_dump(exclude=_INTERNAL)
+        shown["environment_vars"] = redacted(entity.environment_vars)  # values never shown
+        return cls.model_validate({**shown, "state": state})
 
 
 class EndpointConfigPublic(BaseModel):

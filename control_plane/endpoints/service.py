@@ -21,6 +21,7 @@ from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.capacity import ChunkSize
 from control_plane.endpoints.capacity_timeline import close_intervals
 from control_plane.endpoints.config import EndpointConfig, EndpointTag, Task
+from control_plane.endpoints.environment import EnvironmentPolicy
 from control_plane.endpoints.schemas import CreateEndpoint, EndpointCoreConfigInput, PatchTags
 from control_plane.endpoints.states import ConfigUpdate, Deployments, Ready
 from control_plane.endpoints.validation import (
@@ -41,6 +42,7 @@ class EndpointService:
     defaults: WorkerDefaults
     check_capacity: CapacityCheck
     chunk_size: ChunkSize
+    environment: EnvironmentPolicy
 
     # -- lookups (`endpoints.lookup`) -----------------------------------------------------
     def by_name(self, name: str, needed: Level = Level.CAN_VIEW) -> tuple[Endpoint, Level]:
@@ -156,6 +158,7 @@ class EndpointService:
             now_ms=to_millis(utcnow()) or 0,
             resolve_model=lambda name, version: resolve(self.session, workspace_id, name, version),
             check_capacity=self.check_capacity,
+            check_environment=lambda env: self.environment.check(env, self.caller.workspace_id),
             chunk_size=self.chunk_size,
             defaults=self.defaults,
         )

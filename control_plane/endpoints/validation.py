@@ -24,15 +24,16 @@ from control_plane.settings import SHARED_PREFIX, WorkerDefaults
 from deploy.workload_types import WORKLOAD_TYPES
 from workers.serve.config import WorkerAppConfig
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}")  # whole names: use fullmatch
 MAX_SERVED_ENTITIES = 10
 
 ModelResolver = Callable[[str, str], ResolvedModel]
 CapacityCheck = Callable[[WorkerAppConfig], None]  # raises ValueError when unsupported
+EnvironmentCheck = Callable[[dict[str, str] | None], None]  # raises InvalidParameter
 
 
 def check_endpoint_name(name: str, *, shared: bool = False) -> None:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidParameter(
             f"endpoint name {name!r} is invalid: use 1-63 letters, digits, '-' or '_'"
         )
@@ -52,6 +53,7 @@ def normalize_config(
     now_ms: int,
     resolve_model: ModelResolver,
     check_capacity: CapacityCheck,
+    check_environment: EnvironmentCheck,
     defaults: WorkerDefaults,
     chunk_size: ChunkSize,
 ) -> EndpointConfig:
@@ -64,6 +66,8 @@ def normalize_config(
         raise InvalidParameter(
             f"an endpoint serves at most {MAX_SERVED_ENTITIES} entities; got {len(entities)}"
         )
+    for entity in entities:
+        check_environment(entity.environment_vars)
     served = [
         _normalize_entity(
             e, endpoint_id, creator, now_ms, resolve_model, check_capacity, defaults, chunk_size
@@ -97,7 +101,7 @@ def _normalize_entity(
 ) -> ServedEntity:
     model = resolve_model(entity.entity_name, entity.entity_version or "1")
     name = entity.name or f"{model.name}-{model.version}"
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidParameter(
             f"served entity name {name!r} is invalid: use 1-63 letters, digits, '-' or '_'"
         )

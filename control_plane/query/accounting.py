@@ -8,11 +8,31 @@ gone (499). Recording writes one usage row (the engine's token counts, keyed by 
 id so no retry can double it), settles the rate-limit reservation with the real token
 count, and updates metrics. The row is committed by the group-commit ledger before the
 block ends, and the block ends before the response's final byte is sent.
+
+A crash (kill -9) must not lose what was delivered before that final row, so entering the
+block opens the request in the ledger (a `usage_checkpoints` row) and a stream checkpoints
+its delivered usage while it runs (see `billing.ledger.checkpoints`: a restarted process
+settles the open rows of a dead one from their last checkpoint):
+
+- a stream's open is awaited before dispatch: no token can be delivered before the request
+  is on record. Its delivered usage is checkpointed (queued, not awaited) at its first chunk
+  (the prompt counts from then), then whenever `ledger.checkpoint_tokens` more completion
+  tokens were delivered or `ledger.checkpoint_interval_s` passed since the last checkpoint;
+  so what is delivered but not on record is at most one checkpoint interval of tokens
+  (plus those delivered while the ledger commits the last checkpoint: about a batch's
+  round trip);
+- a non-streaming request (a completion, an embedding) delivers its whole answer only after
+  its usage row is committed, so its open is lazy (`open_later`): written only if the
+  request is still running a checkpoint interval after admission, never awaited. A quick
+  answer costs the query path nothing, and a long one is on record while it runs.
+
+The final row deletes the checkpoint row in its own transaction: never both, never neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import datetime
@@ -28,6 +48,7 @@ from workers.engine.request import Usage
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # the client went away mid-response (nginx's convention)
+ADMITTED = 200  # the status of an open request's row: not stored (a settled row is 520)
 
 
 class Accounting:
@@ -63,6 +84,8 @@ class Accounting:
         self._metrics = metrics
         self._started = time.monotonic()
         self._last_chunk_at: float | None = None
+        self._checkpointed = Usage(0, 0)  # the usage of the last checkpoint
+        self._checkpointed_at = self._started
 
     # -- progress ------------------------------------------------------------------------
     def tried(self, entity: ServedEntity) -> None:
@@ -73,6 +96,8 @@ class Accounting:
         """The replica computed the prompt (its first chunk came): the prompt counts even
         if the client leaves before the chunk is sent."""
         self.usage = Usage(usage.prompt_tokens, 0)
+        if self._streaming:
+            self._checkpoint(time.monotonic())
 
     def delivered(self, usage: Usage, text: str = "") -> None:
         """A chunk (or the whole answer) reached the client: its usage — the whole
@@ -87,9 +112,43 @@ class Accounting:
         self.usage = usage
         if self._request_payload is not None:
             self._response_payload.append(text)
+        if self._streaming:
+            self._checkpoint(now)
+
+    def _checkpoint(self, now: float) -> None:
+        """Checkpoint the usage so far if the prompt is new to the record, or one checkpoint
+        interval (tokens or time) passed since the last checkpoint."""
+        usage, last = self.usage, self._checkpointed
+        if usage == last:
+            return
+        ledger = self._ledger
+        if (
+            usage.prompt_tokens != last.prompt_tokens
+            or usage.completion_tokens - last.completion_tokens >= ledger.checkpoint_tokens
+            or now - self._checkpointed_at >= ledger.checkpoint_interval_s
+        ):
+            ledger.checkpoint(self._row(ADMITTED))
+            self._checkpointed, self._checkpointed_at = usage, now
 
     # -- the one ending ------------------------------------------------------------------
     async def __aenter__(self) -> Accounting:
+        """Open the request in the ledger: a stream's open is committed before dispatch, a
+        non-streaming request's lazily (see the module's docstring)."""
+        try:
+            if self._streaming:
+                await self._ledger.open(self._row(ADMITTED))
+            else:
+                self._ledger.open_later(self.request_id, functools.partial(self._row, ADMITTED))
+        except asyncio.CancelledError as cancelled:
+            # The block is never entered, so record the outcome here (a 499, nothing used).
+            await self.__aexit__(type(cancelled), cancelled, None)
+            raise
+        except Exception as error:  # its final row is still written when it ends
+            log.warning(
+                "opening request %s in the usage ledger failed (%s)",
+                self.request_id,
+                type(error).__name__,
+            )
         return self
 
     async def __aexit__(
@@ -116,27 +175,7 @@ class Accounting:
         series.e2e.observe(time.monotonic() - self._started)
         series.input_tokens.inc(self.usage.prompt_tokens)
         series.output_tokens.inc(self.usage.completion_tokens)
-        caller = self.target.caller
-        row = UsageRow(
-            databricks_request_id=self.request_id,
-            client_request_id=self._client_request_id,
-            requester=caller.name,
-            status_code=status,
-            request_time=self._request_time,
-            served_entity_id=entity.name,
-            entity_name=entity.entity_name,
-            entity_version=entity.entity_version,
-            model_family=entity.model_family,
-            workload_type=entity.workload_type,
-            endpoint_name=endpoint,
-            endpoint_id=self.target.endpoint_id,
-            workspace_id=caller.workspace_id,  # the tenant billed (shared endpoints have none)
-            account_id=caller.account_id,
-            input_token_count=self.usage.prompt_tokens,
-            output_token_count=self.usage.completion_tokens,
-            request_streaming=self._streaming,
-            usage_context=self._usage_context,
-        )
+        row = self._row(status)
         inference = None
         if self._request_payload is not None:
             response = "".join(self._response_payload) or None
@@ -147,6 +186,30 @@ class Accounting:
         except Exception:  # a limiter outage must not lose the usage row
             log.exception("settling rate limits of %s failed", self.request_id)
         await self._ledger.record(row, inference)
+
+    def _row(self, status: int) -> UsageRow:
+        """The usage row as it stands, with `status`."""
+        entity, caller = self.entity, self.target.caller
+        return UsageRow(
+            databricks_request_id=self.request_id,
+            client_request_id=self._client_request_id,
+            requester=caller.name,
+            status_code=status,
+            request_time=self._request_time,
+            served_entity_id=entity.name,
+            entity_name=entity.entity_name,
+            entity_version=entity.entity_version,
+            model_family=entity.model_family,
+            workload_type=entity.workload_type,
+            endpoint_name=self.target.endpoint_name,
+            endpoint_id=self.target.endpoint_id,
+            workspace_id=caller.workspace_id,  # the tenant billed (shared endpoints have none)
+            account_id=caller.account_id,
+            input_token_count=self.usage.prompt_tokens,
+            output_token_count=self.usage.completion_tokens,
+            request_streaming=self._streaming,
+            usage_context=self._usage_context,
+        )
 
 
 _pending: set[asyncio.Future[None]] = set()  # rows still being written for gone clients

@@ -1,7 +1,12 @@
 """What the query path of one control-plane process holds: the lookup cache, the rate
 limiter, the usage ledger, metrics, the replicas' handles and queues, and tokenizers.
 Built in the app's lifespan (`Gateway.start`), closed on shutdown (pending usage rows are
-flushed)."""
+flushed).
+
+It also keeps the ledger's open requests (`_keep_checkpoints_forever`): from start, and then
+every quarter of `gateway.usage_checkpoint_stale_s`, it refreshes this process's open rows
+and settles the rows of dead processes (those not refreshed for the stale bound) as
+interrupted requests, each from its last checkpoint (`billing.ledger.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +47,7 @@ class Gateway:
     app_statuses: Callable[[], dict[str, AppStatus]]  # the reconciler's last view
     tokenizers: Tokenizers = field(default_factory=Tokenizers)
     _sampler: asyncio.Task[None] | None = None
+    _checkpoint_keeper: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(
@@ -56,6 +63,8 @@ class Gateway:
             engine,
             max_batch=settings.gateway.usage_batch_max,
             max_payload_bytes=settings.gateway.inference_table_max_bytes,
+            checkpoint_tokens=settings.gateway.usage_checkpoint_tokens,
+            checkpoint_interval_s=settings.gateway.usage_checkpoint_interval_s,
         )
         ledger.start()
         gateway = cls(
@@ -70,14 +79,43 @@ class Gateway:
             app_statuses=app_statuses,
         )
         gateway._sampler = asyncio.create_task(gateway._sample_forever(), name="replica-stats")
+        gateway._checkpoint_keeper = asyncio.create_task(
+            gateway._keep_checkpoints_forever(), name="usage-checkpoints"
+        )
         return gateway
 
     async def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
+        for task in (self._sampler, self._checkpoint_keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.ledger.close()
         await self.limiter.close()
+
+    # -- open requests: this process's kept fresh, dead processes' settled ----------------
+    async def _keep_checkpoints_forever(self) -> None:
+        stale_after = timedelta(seconds=self.settings.gateway.usage_checkpoint_stale_s)
+        while True:
+            await self.keep_checkpoints_once(stale_after)
+            await asyncio.sleep(stale_after.total_seconds() / 4)
+
+    async def keep_checkpoints_once(self, stale_after: timedelta) -> int:
+        """Refresh this process's open requests, then settle the stale ones of dead
+        processes; returns how many were settled. A failure is logged and left to the next
+        pass (settlement is idempotent)."""
+        self.ledger.heartbeat()
+        try:
+            settled = await self.ledger.settle_interrupted(stale_after)
+        except Exception as error:  # the database is down: the next pass retries
+            log.warning("settling interrupted requests failed (%s)", type(error).__name__)
+            return 0
+        if settled:
+            log.warning(
+                "settled %d requests a stopped process left open: billed from their last "
+                "usage checkpoint (status 520)",
+                settled,
+            )
+        return settled
 
     # -- replica statistics for /metrics ---------------------------------------------------
     async def _sample_forever(self) -> None:

@@ -7,11 +7,14 @@ the endpoint's task), and `GET /serving-endpoints/models`.
 
 `QueryDoor` (ASGI middleware) sends those POSTs straight to `answer`; the FastAPI routes
 below declare them (OpenAPI, docs) and answer the same way if reached. `answer` reads top to
-bottom: authenticate and resolve the target (`targets`), pick the
+bottom: authenticate (before a byte of the body is read) and resolve the target
+(`targets`), read the body (at most `gateway.max_body_bytes`), pick the
 candidate entities (`traffic`: the split, then the fallback), parse the body against the
 endpoint's task (`requests`), rate limit (`_admit`, the limiter in `ratelimit`), tokenize,
 dispatch to a replica (`replicas`), shape the response (`responses`), account
-(`accounting`). Everything after admission runs inside `Accounting`, which records
+(`accounting`). A large prompt is judged by its length before it is tokenized (past the
+context: 400; over the rate limits even at its least possible size: 429), and tokenized off
+the event loop. Everything after admission runs inside `Accounting`, which records
 exactly one usage row whatever happens; whole answers leave it before they are sent, streams
 before their last bytes (`responses.respond`).
 """
@@ -20,16 +23,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from control_plane.api.deps import CallerDep, EndpointsDep
+from control_plane.api.deps import CallerDep, EndpointsDep, bearer
 from control_plane.auth import Level, level_of
 from control_plane.endpoints.config import ServedEntity
 from control_plane.errors import (
@@ -64,7 +67,8 @@ from control_plane.query.targets import QueryTarget
 from workers.engine.request import GenerationRequest
 
 PREFIX = "/serving-endpoints"
-router = APIRouter(prefix=PREFIX, tags=["query"])
+# The bearer scheme, for the OpenAPI (answer reads the header itself, before the body).
+router = APIRouter(prefix=PREFIX, tags=["query"], dependencies=[Security(bearer)])
 T = TypeVar("T")
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
@@ -125,8 +129,9 @@ class QueryDoor:
     through FastAPI); this door skips FastAPI's per-route machinery (routing through
     every management route, dependency solving, five more coroutine frames resumed at
     each await): about a sixth of the gateway's CPU per query in a profile. Installed as the
-    innermost user middleware, so FastAPI's outer layers (its body limit, the 500 handler)
-    still wrap it; an `ApiError` becomes the same JSON error the app's handler sends."""
+    innermost user middleware, so FastAPI's outer layers (the 500 handler) still wrap it;
+    an `ApiError` becomes the same JSON error the app's handler sends. The query body's
+    limit is `answer`'s own (`gateway.max_body_bytes`), a 413 in that JSON shape."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -166,21 +171,34 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
     None for `invocations` (the endpoint's task decides); `name` the endpoint, or None when
     the body's `model` names it."""
     gateway = _gateway(request)
-    raw = await _json_object(request)
-    # 2. authenticate, resolve the target: caller, endpoint, CAN_QUERY, limits (cached)
+    # 2. authenticate, resolve the target: caller, endpoint, CAN_QUERY, limits (cached).
+    #    Who asks is known before a byte of the body is read (an OpenAI route's endpoint
+    #    is named in the body: its caller is authenticated first, the endpoint after).
     authorization = request.headers.get("authorization")
-    target = await gateway.targets.resolve(authorization, name or _model_of(raw))
+    max_bytes = gateway.settings.gateway.max_body_bytes
+    if name is not None:
+        target = await gateway.targets.resolve(authorization, name)
+        data = await _body(request, max_bytes)
+        raw = _json_object(data)
+    else:
+        await gateway.targets.caller(authorization)
+        data = await _body(request, max_bytes)
+        raw = _json_object(data)
+        target = await gateway.targets.resolve(authorization, _model_of(raw))
     # 3. the body's kind is the endpoint's task; the traffic split picks the candidates
     kind = _kind_for(target, kind, raw)
     candidates = traffic.candidates(target)
     # 4. the body, validated once; its prompt as token ids, per tokenizer, on first use
     body = parse_request(kind, raw)
-    prompt = PromptIds(body, gateway.tokenizers)
+    prompt = PromptIds(body, gateway.tokenizers, len(data))
     request_id = uuid.uuid4().hex
     # 5. rate limit: every limit counts the call; a token limit also counts the prompt,
     #    tokenized for it now under the first candidate's tokenizer
     limits_tokens = any(rule.tokens is not None for rule in target.rules)
-    prompt_tokens = sum(map(len, prompt.of(candidates[0]))) if limits_tokens else 0
+    if prompt.large:  # judged by its length first; tokenized off the event loop
+        prompt_tokens = await _large_prompt_tokens(gateway, target, prompt, candidates[0])
+    else:
+        prompt_tokens = sum(map(len, prompt.of(candidates[0]))) if limits_tokens else 0
     reservation = await _admit(gateway, target, request_id, prompt_tokens)
     accounting = Accounting(
         request_id=request_id,
@@ -235,6 +253,8 @@ class Query:
         """Dispatch: `call` on the first candidate that answers; then, since a cached
         route may name apps a config update has since retired, on a re-read config's."""
         replicas, tried = self.gateway.replicas, self.accounting.tried
+        if self.prompt.large:
+            call = _tokenized_first(self.prompt, call)
         try:
             return await replicas.first_answer(self.endpoint, self.candidates, call, tried)
         except EntitiesUnavailable:
@@ -307,6 +327,20 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
     yield responses.closing(body, accounting)
 
 
+def _tokenized_first(
+    prompt: PromptIds, call: Callable[[ServedEntity], Awaitable[T]]
+) -> Callable[[ServedEntity], Coroutine[Any, Any, T]]:
+    """`call`, once the (large) prompt is tokenized for the entity off the event loop and
+    fits its context (else the engine's 400, without sending the prompt)."""
+
+    async def tokenized_call(entity: ServedEntity) -> T:
+        await prompt.tokenized(entity)
+        prompt.refuse_past_context(entity)
+        return await call(entity)
+
+    return tokenized_call
+
+
 # -- the rate-limit step ----------------------------------------------------------------------
 async def _admit(
     gateway: Gateway, target: QueryTarget, request_id: str, prompt_tokens: int
@@ -316,18 +350,42 @@ async def _admit(
         return None
     try:
         return await gateway.limiter.reserve(request_id, target.rules, prompt_tokens)
-    except RateLimited as exc:
+    except (RateLimited, RateLimiterUnavailable) as exc:
+        raise _refusal(gateway, target, exc) from None
+
+
+async def _large_prompt_tokens(
+    gateway: Gateway, target: QueryTarget, prompt: PromptIds, first: ServedEntity
+) -> int:
+    """The prompt tokens a large prompt counts in the rate limits (0 when no limit counts
+    tokens), each check before the expensive one: a prompt whose length alone puts it past
+    the first candidate's context is a 400; one the limits refuse even at its least
+    possible size a 429; only then is it tokenized, in a worker thread."""
+    prompt.refuse_past_context(first)
+    if not any(rule.tokens is not None for rule in target.rules):
+        return 0  # `_admit` counts the call; the prompt is tokenized at dispatch
+    try:
+        await gateway.limiter.check(target.rules, sum(prompt.least_tokens(first)))
+    except (RateLimited, RateLimiterUnavailable) as exc:
+        raise _refusal(gateway, target, exc) from None
+    return sum(map(len, await prompt.tokenized(first)))
+
+
+def _refusal(
+    gateway: Gateway, target: QueryTarget, exc: RateLimited | RateLimiterUnavailable
+) -> ApiError:
+    """A limiter's refusal as the HTTP error: 429 with Retry-After, or 503."""
+    if isinstance(exc, RateLimited):
         gateway.metrics.rate_limited.labels(target.endpoint_name, exc.rule.key).inc()
-        raise RequestLimitExceeded(
+        return RequestLimitExceeded(
             f"rate limit of endpoint {target.endpoint_name!r} exceeded "
             f"({exc.rule.describe()}); retry in {exc.retry_after_s} s",
             headers={"Retry-After": str(exc.retry_after_s)},
-        ) from None
-    except RateLimiterUnavailable as exc:
-        raise TemporarilyUnavailable(
-            f"rate limits cannot be checked: {exc}",
-            headers={"Retry-After": str(gateway.settings.gateway.retry_after_s)},
-        ) from None
+        )
+    return TemporarilyUnavailable(
+        f"rate limits cannot be checked: {exc}",
+        headers={"Retry-After": str(gateway.settings.gateway.retry_after_s)},
+    )
 
 
 def _admitted_at(gateway: Gateway, reservation: Reservation | None) -> datetime:
@@ -347,11 +405,57 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-async def _json_object(request: Request) -> JsonObject:
+class BodyTooLarge(ApiError):
+    status_code = 413
+    error_code = "BAD_REQUEST"
+
+
+class ClientGone(ApiError):
+    """The client left while its body was being read: nobody hears the answer, and nothing
+    is logged (uvicorn drops what is sent after a disconnect)."""
+
+    status_code = 499
+    error_code = "CANCELLED"
+
+
+async def _body(request: Request, max_bytes: int) -> bytes:
+    """The request body, at most `max_bytes`: a 413 as soon as it is known to be larger
+    (from Content-Length, before reading anything, or once the bytes read pass it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size, receive = 0, request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone("the client went away before its request body arrived")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)  # one chunk: itself, not a copy
+
+
+def _too_large(max_bytes: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"the request body is larger than this server's limit of {max_bytes} bytes "
+        "(gateway.max_body_bytes)"
+    )
+
+
+def _json_object(data: bytes) -> JsonObject:
     try:
-        raw = json.loads(await request.body())
+        raw = json.loads(data)
     except ValueError:
         raise InvalidParameter("the request body must be JSON") from None
+    except RecursionError:  # each nesting level is a frame of the parser
+        raise InvalidParameter(
+            "the request body nests too deeply (hundreds of levels of arrays or objects); "
+            "a query body nests a few"
+        ) from None
     if not isinstance(raw, dict):
         raise InvalidParameter("the request body must be a JSON object")
     return raw

@@ -6,6 +6,10 @@ keyed by the token's digest and the endpoint name, so a revoked token, a new ACL
 promoted config takes effect within that time. Failures (401/403/404) are never cached.
 Concurrent misses of one key share one database read (so an expiring entry under load costs
 one read, not one per request in flight).
+
+The OpenAI routes name the endpoint inside the body, and a body is read only for a caller
+who is known: `caller` authenticates the header alone, cached the same way (a resolution
+caches its caller too). A name no endpoint can have is a 404 without a lookup.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,9 +29,13 @@ from control_plane.db.models import Endpoint, Principal
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimitKey
 from control_plane.endpoints.config import EndpointConfig, Task
 from control_plane.endpoints.lookup import by_name
+from control_plane.endpoints.validation import NAME_PATTERN
+from control_plane.errors import NotFound
 from control_plane.query.ratelimit.rules import LimitRule, rules_for
 
 _MAX_ENTRIES = 10_000
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class QueryTarget:
 
 def _resolve(session: Session, authorization: str | None, name: str) -> QueryTarget:
     caller = authenticate(session, authorization)
+    if not NAME_PATTERN.fullmatch(name):  # e.g. a NUL, which PostgreSQL cannot even compare
+        shown = name if len(name) <= 64 else f"{name[:64]}…"
+        raise NotFound(f"endpoint {shown!r} does not exist")
     endpoint, _ = by_name(session, caller, name, Level.CAN_QUERY)
     return target_of(session, caller, endpoint)
 
@@ -78,8 +91,12 @@ def target_of(session: Session, caller: Caller, endpoint: Endpoint) -> QueryTarg
     )
 
 
+def _digest(authorization: str | None) -> str:
+    return hashlib.sha256((authorization or "").encode()).hexdigest()
+
+
 def _key(authorization: str | None, name: str) -> tuple[str, str]:
-    return hashlib.sha256((authorization or "").encode()).hexdigest(), name
+    return _digest(authorization), name
 
 
 class QueryTargets:
@@ -90,6 +107,8 @@ class QueryTargets:
         self._ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, QueryTarget]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[QueryTarget]] = {}
+        self._callers: dict[str, tuple[float, Caller]] = {}  # by the header's digest
+        self._authenticating: dict[str, asyncio.Future[Caller]] = {}
         self._generation = 0  # bumped by forget(): a read begun before must not be cached
 
     async def resolve(self, authorization: str | None, name: str) -> QueryTarget:
@@ -104,12 +123,22 @@ class QueryTargets:
         read of the same key already in flight. Cancelling one caller does not cancel the
         read for the others."""
         key = _key(authorization, name)
-        loading = self._loading.get(key)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load_and_cache(key, authorization, name))
-            self._loading[key] = loading
-            loading.add_done_callback(lambda done: self._loaded(key, done))
-        return await asyncio.shield(loading)
+        return await _shared(
+            self._loading, key, lambda: self._load_and_cache(key, authorization, name)
+        )
+
+    async def caller(self, authorization: str | None) -> Caller:
+        """Who sends `authorization` (401 for a missing, unknown, expired or revoked token),
+        before anything else of the request is read. Cached like resolutions."""
+        digest = _digest(authorization)
+        hit = self._callers.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return await _shared(
+            self._authenticating,
+            digest,
+            lambda: self._authenticate_and_cache(digest, authorization),
+        )
 
     def forget(self, endpoint_name: str | None = None) -> None:
         """Drop cached resolutions (all, or one endpoint's): this process just changed them."""
@@ -117,6 +146,9 @@ class QueryTargets:
         for table in (self._cache, self._loading):
             for key in [k for k in table if endpoint_name is None or k[1] == endpoint_name]:
                 del table[key]
+        if endpoint_name is None:  # e.g. a token was revoked
+            self._callers.clear()
+            self._authenticating.clear()
 
     async def _load_and_cache(
         self, key: tuple[str, str], authorization: str | None, name: str
@@ -124,17 +156,47 @@ class QueryTargets:
         generation, now = self._generation, time.monotonic()
         target = await asyncio.to_thread(self._load, authorization, name)
         if self._ttl_s > 0 and generation == self._generation:
-            if len(self._cache) >= _MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = (now + self._ttl_s, target)
+            _put(self._cache, key, (now + self._ttl_s, target))
+            _put(self._callers, key[0], (now + self._ttl_s, target.caller))
         return target
 
-    def _loaded(self, key: tuple[str, str], done: asyncio.Future[QueryTarget]) -> None:
-        if self._loading.get(key) is done:
-            del self._loading[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: a failure nobody awaited any more is not logged
+    async def _authenticate_and_cache(self, digest: str, authorization: str | None) -> Caller:
+        generation, now = self._generation, time.monotonic()
+        caller = await asyncio.to_thread(self._authenticate, authorization)
+        if self._ttl_s > 0 and generation == self._generation:
+            _put(self._callers, digest, (now + self._ttl_s, caller))
+        return caller
 
     def _load(self, authorization: str | None, name: str) -> QueryTarget:
         with self._sessions() as session:
             return _resolve(session, authorization, name)
+
+    def _authenticate(self, authorization: str | None) -> Caller:
+        with self._sessions() as session:
+            return authenticate(session, authorization)
+
+
+def _put(table: dict[K, V], key: K, value: V) -> None:
+    """A cache entry; a full table starts over (entries are cheap to read again)."""
+    if len(table) >= _MAX_ENTRIES:
+        table.clear()
+    table[key] = value
+
+
+async def _shared(
+    loading: dict[K, asyncio.Future[V]], key: K, load: Callable[[], Coroutine[Any, Any, V]]
+) -> V:
+    """`load()`'s result, one run shared by every caller of `key` while it is in flight;
+    cancelling one caller does not cancel it for the others."""
+    future = loading.get(key)
+    if future is None:
+        future = loading[key] = asyncio.ensure_future(load())
+        future.add_done_callback(lambda done: _loaded(loading, key, done))
+    return await asyncio.shield(future)
+
+
+def _loaded(loading: dict[K, asyncio.Future[V]], key: K, done: asyncio.Future[V]) -> None:
+    if loading.get(key) is done:
+        del loading[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: a failure nobody awaited any more is not logged

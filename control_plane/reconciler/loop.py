@@ -26,6 +26,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.capacity import APP_PREFIX, endpoint_id_of_app, worker_config
 from control_plane.endpoints.capacity_timeline import record_capacity, record_parking
+from control_plane.endpoints.environment import EnvironmentPolicy, SecretNotFound
 from control_plane.ids import to_millis, utcnow
 from control_plane.reconciler.plan import EndpointSnapshot, Plan, plan_endpoint
 from control_plane.settings import Settings
@@ -129,17 +130,24 @@ class Reconciler:
                 deployment_timeout_ms=int(self.settings.deployment_timeout_s * 1000),
                 retire_grace_ms=self.retire_grace_ms,
             )
-            self._act(plan)
+            self._act(plan, endpoint.workspace_id)
             _apply(session, endpoint, plan)
             record_parking(session, endpoint, apps, now)
             session.commit()
 
-    def _act(self, plan: Plan) -> None:
+    def _act(self, plan: Plan, workspace_id: str | None) -> None:
+        environment = EnvironmentPolicy(self.settings.environment)
         for entity in plan.deploy:
+            try:
+                variables = environment.resolved(entity.environment_vars, workspace_id)
+            except SecretNotFound:
+                # Not deployed; the update fails at its deployment timeout unless the secret
+                # comes back. The app name is ours; the reference is not logged.
+                log.warning("not deploying %s: a secret it references is gone", entity.app_name)
+                continue
             log.info("deploying %s (%s)", entity.app_name, entity.entity_name)
-            self.provider.deploy(
-                AppSpec(entity.app_name, worker_config(entity, self.settings.workers))
-            )
+            config = worker_config(entity, self.settings.workers, variables)
+            self.provider.deploy(AppSpec(entity.app_name, config))
         for app in plan.delete:
             log.info("deleting app %s", app)
             self.provider.delete(app)

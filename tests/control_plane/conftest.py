@@ -55,6 +55,9 @@ def make_settings(database_url: str, tmp_path: Any, **overrides: Any) -> Setting
         "admin_token": ADMIN_TOKEN,
         "reconcile_interval_s": 0.2,
         "port": 0,
+        # The instant engine's knobs (tests/control_plane/fake_provider.py) are environment
+        # variables of the served entity: widened here as an operator would.
+        "environment": {"allowed": ["APP_*", "MOESERVE_INSTANT_*"]},
     }
     values.update(overrides)
     return Settings(**values)

@@ -106,10 +106,17 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 @contextmanager
 def moeserve_run(
-    data_dir: Path, port: int, env: dict[str, str], *, ready_line: str = r"moeserve is up at"
+    data_dir: Path,
+    port: int,
+    env: dict[str, str],
+    *,
+    ready_line: str = r"moeserve is up at",
+    own_ray: bool = False,
+    ready_timeout_s: float = 45,
 ) -> Iterator[Moeserve]:
-    """`moeserve run` on 127.0.0.1:port; yields once it printed `ready_line`. Killed by PID
-    on the way out when still running."""
+    """`moeserve run` on 127.0.0.1:port, attached to the session's Ray (or, `own_ray`,
+    starting its own local Ray, as `make run` does); yields once it printed `ready_line`.
+    Killed by PID on the way out when still running."""
     command = [
         str(MOESERVE),
         "run",
@@ -119,9 +126,9 @@ def moeserve_run(
         str(port),
         "--data-dir",
         str(data_dir),
-        "--ray-address",
-        ray_address(),
     ]
+    if not own_ray:
+        command += ["--ray-address", ray_address()]
     proc = subprocess.Popen(
         command,
         cwd=data_dir,
@@ -142,7 +149,7 @@ def moeserve_run(
     reader = threading.Thread(target=pump, name=f"moeserve-{proc.pid}-stdout", daemon=True)
     reader.start()
     try:
-        server.wait_for_line(ready_line, timeout=45)
+        server.wait_for_line(ready_line, timeout=ready_timeout_s)
         yield server
     finally:
         if proc.poll() is None:

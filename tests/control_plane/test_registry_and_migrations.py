@@ -18,6 +18,7 @@ from control_plane.db.migrate import alembic_config
 from control_plane.db.models import Base, Endpoint
 from control_plane.endpoints.config import Task
 from control_plane.endpoints.states import Deployment
+from control_plane.registry import UNUSABLE_SOURCE
 from tests.control_plane.conftest import LiveServer
 from workers.model.checkpoint import save_checkpoint
 from workers.model.loading import build_random
@@ -187,14 +188,15 @@ def test_registered_checkpoints_are_validated_listed_and_unique(
     instant_server: LiveServer, tmp_path: Path
 ) -> None:
     client = instant_server.client()
-    good = tiny_checkpoint(tmp_path / "good")
+    models = tmp_path / "models"  # the default model root: data_dir/models
+    good = tiny_checkpoint(models / "good")
     record = client.post(
         "/api/2.0/models", json={"name": "tiny", "version": "1", "source": str(good)}
     )
     assert record.status_code == 200, record.text
     assert record.json()["model_type"] == "dbrx"
-    models = client.get("/api/2.0/models").json()["models"]
-    names = {(m["name"], m["version"], m["builtin"]) for m in models}
+    listed = client.get("/api/2.0/models").json()["models"]
+    names = {(m["name"], m["version"], m["builtin"]) for m in listed}
     assert {("dbrx-tiny", "1", True), ("mixtral-tiny", "1", True), ("tiny", "1", False)} <= names
     again = client.post(
         "/api/2.0/models", json={"name": "tiny", "version": "1", "source": str(good)}
@@ -208,18 +210,18 @@ def test_registered_checkpoints_are_validated_listed_and_unique(
         assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
         assert needle in response.json()["message"], response.json()["message"]
 
-    rejected(tmp_path / "missing", "not a directory")
-    (tmp_path / "empty").mkdir()
-    rejected(tmp_path / "empty", "config.json")
-    broken = tiny_checkpoint(tmp_path / "broken")
+    rejected(models / "missing", UNUSABLE_SOURCE)
+    (models / "empty").mkdir()
+    rejected(models / "empty", "config.json")
+    broken = tiny_checkpoint(models / "broken")
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     rejected(broken, "llama")
-    wrong = tiny_checkpoint(tmp_path / "wrong")
+    wrong = tiny_checkpoint(models / "wrong")
     config["d_model"] = config.get("d_model", 128) * 2
     (wrong / "config.json").write_text(json.dumps(config))
     rejected(wrong, "shape")
-    rejected(tiny_checkpoint(tmp_path / "mixtral", "mixtral-tiny"), "tokenizer.json")
+    rejected(tiny_checkpoint(models / "mixtral", "mixtral-tiny"), "tokenizer.json")
     builtin = {"name": "dbrx-tiny", "version": "1", "source": str(good)}
     clash = client.post("/api/2.0/models", json=builtin)
     assert clash.status_code == 409 and "built-in" in clash.json()["message"]

@@ -43,7 +43,7 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("rollout")
     with instant_ray_server(root) as live, live.client() as http:
         for version in ("1", "2"):
-            source = small_dbrx_checkpoint(root / f"v{version}", seed=int(version))
+            source = small_dbrx_checkpoint(root / "models" / f"v{version}", seed=int(version))
             registered = http.post(
                 "/api/2.0/models", json={"name": MODEL, "version": version, "source": str(source)}
             )

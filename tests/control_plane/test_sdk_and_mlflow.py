@@ -94,7 +94,7 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     with live_server(settings) as live, live.client() as http:
         for version, seed in (("1", 1), ("2", 2)):
-            source = small_dbrx_checkpoint(root / f"ckpt-v{version}", seed)
+            source = small_dbrx_checkpoint(root / "models" / f"ckpt-v{version}", seed)
             response = http.post(
                 "/api/2.0/models", json={"name": MODEL, "version": version, "source": str(source)}
             )

@@ -8,13 +8,16 @@ here, before anything is deployed.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers.engine.config import EngineConfig
 from workers.model.source import ModelSource
 from workers.parallel.modes import ParallelMode, check_shardable
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class AutoscalingSettings(BaseModel):
@@ -66,8 +69,18 @@ class WorkerAppConfig(BaseModel):
     )
     health_check_period_s: float = Field(default=10, gt=0)
     environment_vars: dict[str, str] = Field(
-        default_factory=dict, description="set in every replica's process environment"
+        default_factory=dict,
+        description="set in every replica's process environment (the control plane admits "
+        "only allow-listed names; see control_plane.endpoints.environment)",
     )
+
+    @field_validator("environment_vars")
+    @classmethod
+    def _plain_names(cls, variables: dict[str, str]) -> dict[str, str]:
+        for name, value in variables.items():
+            if not _ENV_NAME.fullmatch(name) or "\x00" in value:
+                raise ValueError("environment variable names match ^[A-Z_][A-Z0-9_]*$, no NUL")
+        return variables
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerAppConfig:

@@ -100,6 +100,11 @@ class InProcessRateLimiter(RateLimiter):
             bucket.record(request_id, prompt_tokens, now)
         return Reservation(request_id, rules, prompt_tokens, admitted_at_s=now)
 
+    async def _check(self, rules: tuple[LimitRule, ...], prompt_tokens: int) -> None:
+        now = self._clock()
+        buckets = {rule.bucket: self._trimmed(rule, now) for rule in rules}
+        _raise_if_full(rules, buckets, prompt_tokens, now)
+
     async def _settle(self, reservation: Reservation, total_tokens: int) -> None:
         for name in reservation.buckets:
             bucket = self._buckets.get(name)

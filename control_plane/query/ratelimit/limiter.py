@@ -7,6 +7,11 @@ prompt tokens stay within `tokens`. So in ANY window of `window_s` seconds at mo
 queries are admitted. A query counts from admission with its prompt tokens; `settle`
 replaces them by the real input+output count while the query is still in the window. A
 prompt larger than a token limit is never admitted (429 with a full window's Retry-After).
+
+`check` asks the same question without recording anything, for a query whose prompt is not
+tokenized yet: given a lower bound of its tokens, a refusal then is certain (the exact count
+can only be larger), so a caller already over its limits is refused before the expensive
+tokenization; admission itself is still decided by `reserve` with the exact count.
 """
 
 from __future__ import annotations
@@ -74,6 +79,15 @@ class RateLimiter(ABC):
             return Reservation(request_id, rules, prompt_tokens, admitted_at_s=0.0)
         return await self._reserve(request_id, rules, prompt_tokens)
 
+    async def check(self, rules: Sequence[LimitRule], least_prompt_tokens: int) -> None:
+        """Raise `RateLimited` when a query of at least `least_prompt_tokens` prompt tokens
+        would be refused now, recording nothing. Passing promises nothing: `reserve`, with
+        the exact count, still decides."""
+        rules = tuple(rules)
+        _check_request("check", rules, least_prompt_tokens)
+        if rules:
+            await self._check(rules, least_prompt_tokens)
+
     async def settle(self, reservation: Reservation, total_tokens: int) -> None:
         """Count `total_tokens` (input + output) for the query instead of its prompt tokens,
         in every bucket it is still in. Idempotent."""
@@ -94,6 +108,9 @@ class RateLimiter(ABC):
     async def _reserve(
         self, request_id: str, rules: tuple[LimitRule, ...], prompt_tokens: int
     ) -> Reservation: ...
+
+    @abstractmethod
+    async def _check(self, rules: tuple[LimitRule, ...], prompt_tokens: int) -> None: ...
 
     @abstractmethod
     async def _settle(self, reservation: Reservation, total_tokens: int) -> None: ...

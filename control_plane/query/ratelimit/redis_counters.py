@@ -46,13 +46,15 @@ local function set_tokens(b, request_id, tokens)
 end
 """
 
-# ARGV: request id, prompt tokens, each bucket's window (µs), then per rule: its bucket's
-# index, calls limit, tokens limit (-1: no limit). Returns {1, admitted at (µs)} or
-# {0, index of the rule that blocks longest, µs until it has room}.
+# ARGV: request id ('' to check only: the same verdict, nothing recorded), prompt tokens,
+# each bucket's window (µs), then per rule: its bucket's index, calls limit, tokens limit
+# (-1: no limit). Returns {1, admitted at (µs)} or {0, index of the rule that blocks
+# longest, µs until it has room}.
 _RESERVE_LUA = (
     _SET_TOKENS_LUA
     + """
 local request_id, prompt = ARGV[1], tonumber(ARGV[2])
+local checking = request_id == ''
 local nbuckets = #KEYS / 3
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -100,8 +102,10 @@ local function tokens_wait(b, limit)
 end
 
 for b = 1, nbuckets do trim(b) end
-local first = redis.call('ZSCORE', KEYS[1], request_id)
-if first then return {1, first} end  -- reserved before: the first admission stands
+if not checking then
+  local first = redis.call('ZSCORE', KEYS[1], request_id)
+  if first then return {1, first} end  -- reserved before: the first admission stands
+end
 
 local blocking, longest = 0, -1
 for r = 1, (#ARGV - 2 - nbuckets) / 3 do
@@ -113,6 +117,7 @@ for r = 1, (#ARGV - 2 - nbuckets) / 3 do
   if wait and wait > longest then blocking, longest = r, wait end
 end
 if blocking > 0 then return {0, blocking, fmt(longest)} end
+if checking then return {1, fmt(now)} end
 
 for b = 1, nbuckets do
   redis.call('ZADD', KEYS[3 * b - 2], 'NX', fmt(now), request_id)
@@ -174,15 +179,17 @@ class RedisRateLimiter(RateLimiter):
     async def _reserve(
         self, request_id: str, rules: tuple[LimitRule, ...], prompt_tokens: int
     ) -> Reservation:
-        buckets = list(dict.fromkeys(rule.bucket for rule in rules))
-        windows = {rule.bucket: round(rule.window_s * 1_000_000) for rule in rules}
-        args: list[str | int] = [request_id, prompt_tokens, *(windows[b] for b in buckets)]
-        for rule in rules:
-            args += [buckets.index(rule.bucket) + 1, _limit(rule.calls), _limit(rule.tokens)]
+        buckets, args = _reserve_args(request_id, rules, prompt_tokens)
         reply = await self._run(self._reserve_script, buckets, args)
         if int(reply[0]) == 0:
-            raise RateLimited(retry_after_s(int(reply[2]) / 1_000_000), rules[int(reply[1]) - 1])
+            raise _refusal(reply, rules)
         return Reservation(request_id, rules, prompt_tokens, float(reply[1]) / 1_000_000)
+
+    async def _check(self, rules: tuple[LimitRule, ...], prompt_tokens: int) -> None:
+        buckets, args = _reserve_args("", rules, prompt_tokens)  # '': check, record nothing
+        reply = await self._run(self._reserve_script, buckets, args)
+        if int(reply[0]) == 0:
+            raise _refusal(reply, rules)
 
     async def _settle(self, reservation: Reservation, total_tokens: int) -> None:
         args = [reservation.request_id, total_tokens]
@@ -197,6 +204,22 @@ class RedisRateLimiter(RateLimiter):
             return await script(keys=keys, args=args)
         except _UNAVAILABLE as exc:
             raise RateLimiterUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+
+
+def _reserve_args(
+    request_id: str, rules: tuple[LimitRule, ...], prompt_tokens: int
+) -> tuple[list[str], list[str | int]]:
+    """The reserve script's buckets and ARGV."""
+    buckets = list(dict.fromkeys(rule.bucket for rule in rules))
+    windows = {rule.bucket: round(rule.window_s * 1_000_000) for rule in rules}
+    args: list[str | int] = [request_id, prompt_tokens, *(windows[b] for b in buckets)]
+    for rule in rules:
+        args += [buckets.index(rule.bucket) + 1, _limit(rule.calls), _limit(rule.tokens)]
+    return buckets, args
+
+
+def _refusal(reply: Any, rules: tuple[LimitRule, ...]) -> RateLimited:
+    return RateLimited(retry_after_s(int(reply[2]) / 1_000_000), rules[int(reply[1]) - 1])
 
 
 def _limit(value: int | None) -> int:

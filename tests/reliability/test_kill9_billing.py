@@ -35,7 +35,7 @@ from bench.scratch_db import migrated_engine
 from billing.metering import run_metering
 from tests.billing.test_metering_helpers import DBRX_IN, DBRX_OUT, context, records, total
 from tests.control_plane.moeserve_process import child_env, free_port, moeserve_run
-from tests.reliability.test_shutdown import descendants
+from tests.reliability.processes import descendants, running
 
 TOKEN = "dapi-kill9-billing-token"
 STREAMS = 10
@@ -87,28 +87,19 @@ def _stream(url: str, stream: Stream) -> None:
         stream.error = repr(exc)
 
 
-def _alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _kill_all(pids: set[int]) -> set[int]:
     """SIGKILL `pids` (processes this test's children started) and whatever they started
     since they were listed; returns those still running 30 s later (none, normally)."""
     found = set(pids)
     for pid in list(found):
-        if _alive(pid):
+        if running(pid):
             found |= descendants(pid)
     for pid in found:
-        if _alive(pid):
+        if running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while (left := {p for p in found if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in found if running(p)}) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 

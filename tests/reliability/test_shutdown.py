@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.control_plane.moeserve_process import child_env, free_port, moeserve_run
+from tests.reliability.processes import descendants, running
 
 TOKEN = "dapi-operator-supplied-token-7f3a"
 STREAMS = 6
@@ -70,27 +71,6 @@ def _stream(url: str, stream: Stream) -> None:
         stream.error = repr(exc)
     finally:
         stream.started.set()
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (a local Ray's GCS, raylet, workers and agents)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 @pytest.mark.slow
@@ -153,15 +133,6 @@ def test_sigterm_drains_every_stream_bills_each_once_and_stops_its_ray(tmp_path:
     assert sorted(rows) == delivered
     # Its Ray is gone with it.
     deadline = time.monotonic() + 30
-    while (alive := {p for p in ray_processes if _running(p)}) and time.monotonic() < deadline:
+    while (alive := {p for p in ray_processes if running(p)}) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not alive, f"Ray processes left behind: {sorted(alive)}"
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an exited child nobody has reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from billing.jobs import BillingJobs
 from billing.ratecard import load_rate_cards
 from control_plane.api import (
+    audit,
     discovery,
     endpoint_details,
     endpoints,
@@ -28,13 +29,15 @@ from control_plane.api import (
     tokens,
     workspaces,
 )
+from control_plane.audit.middleware import AuditTrail
+from control_plane.audit.recorder import record as record_audit_event
 from control_plane.billing_api import estimate as billing_estimate
 from control_plane.billing_api import invoices as billing_invoices
 from control_plane.billing_api import records as billing_records
 from control_plane.billing_api import usage as billing_usage
 from control_plane.bootstrap import bootstrap
 from control_plane.db import build_engine, session_factory, upgrade
-from control_plane.errors import install_error_handlers
+from control_plane.errors import UnhandledErrors, install_error_handlers
 from control_plane.ids import utcnow
 from control_plane.process_env import reclaim_shutdown_signals
 from control_plane.query import routes as query_routes
@@ -88,6 +91,13 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
     )
     install_error_handlers(app)
     app.add_middleware(query_routes.QueryDoor)  # the query routes' fast path
+    # Outside the door; only requests under /api/2.0/ (never a query) stop at the trail.
+    app.add_middleware(
+        AuditTrail, write=lambda event: record_audit_event(app.state.plane.sessions, event)
+    )
+    # Added last, so it wraps every layer and route of ours: an unexpected error is a JSON
+    # 500 that leaves the client's connection open.
+    app.add_middleware(UnhandledErrors)
     for router in routers():
         app.include_router(router)
     return app
@@ -112,6 +122,7 @@ def routers() -> list[APIRouter]:
         billing_records.router,
         billing_invoices.router,
         billing_estimate.router,
+        audit.router,
         discovery.router,
         prometheus.router,
     ]

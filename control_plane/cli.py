@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import select
 
 from control_plane.billing_cli import add_billing_commands, run_billing
-from control_plane.process_env import prefer_same_loop_routing
-from control_plane.settings import Settings
+from control_plane.process_env import keep_local_ray_on_loopback, prefer_same_loop_routing
+from control_plane.settings import RayListen, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,21 +69,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: Settings) -> int:
+    if settings.ray_address is None and settings.ray_listen is RayListen.LOOPBACK:
+        keep_local_ray_on_loopback()  # before create_app imports ray
     import uvicorn
 
     from control_plane.app import create_app
 
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="info",
-            access_log=settings.access_log,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
-        )
-    )
+    server = uvicorn.Server(http_config(app, settings))
     threading.Thread(
         target=_announce, args=(server, app, settings), name="announce", daemon=True
     ).start()
@@ -95,6 +88,25 @@ def run(settings: Settings) -> int:
         server.run()
     print("moeserve stopped", flush=True)
     return 0
+
+
+def http_config(app: Any, settings: Settings, **overrides: Any) -> Any:
+    """The uvicorn configuration `moeserve run` serves `app` with (`overrides`: for tests,
+    e.g. port=0)."""
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: any local
+        # process could then put any address in logs and the audit log.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": settings.trusted_proxies or None,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def _announce(server: Any, app: Any, settings: Settings) -> None:

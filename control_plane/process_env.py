@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+
+from workers.serve.loopback import SINGLE_MACHINE_RAY
 
 SAME_LOOP_ROUTING = "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"
 
@@ -30,3 +33,15 @@ def reclaim_shutdown_signals() -> None:
         handler = signal.getsignal(number)
         if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
             signal.signal(number, handler)
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make the Ray this process is about to start listen on loopback only: without it, Ray
+    2.60 on Linux binds its GCS, raylet and worker gRPC servers to every interface and its
+    metrics exporters answer anyone, whatever node address it is given (it rewrites
+    127.0.0.1 to the network address). The setting reaches the processes Ray starts through
+    the environment (Serve replicas apply it to their own server, workers/serve/loopback.py).
+    Call it before anything imports `ray`; an explicit setting in the environment wins."""
+    if "ray" in sys.modules:
+        raise RuntimeError(f"{SINGLE_MACHINE_RAY} must be set before ray is imported")
+    os.environ.setdefault(SINGLE_MACHINE_RAY, "0")

@@ -6,6 +6,7 @@ reads the environment at import time. Every field is documented in docs/operatio
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +119,14 @@ class GatewaySettings(BaseModel):
         "refreshes its own every quarter of this. Must exceed the clock skew between "
         "control planes sharing a database and their worst database stall",
     )
+    usage_reconnect_timeout_s: float = Field(
+        default=10,
+        ge=0,
+        description="while the database cannot be reached (a restart, a failover), how long "
+        "a batch of usage rows keeps retrying on fresh connections (at once, then with "
+        "backoff up to 1 s) before its requests fail; 0: one immediate retry. Keep it well "
+        "under usage_checkpoint_stale_s",
+    )
     inference_table_max_bytes: int = Field(
         default=65536, ge=256, description="request/response payload cap in inference tables"
     )
@@ -134,6 +143,46 @@ class GatewaySettings(BaseModel):
         default=True,
         description="/metrics needs an account admin's bearer token (Prometheus "
         "`authorization` in the scrape config); false: open to anyone who can reach it",
+    )
+
+    @model_validator(mode="after")
+    def _reconnect_within_stale(self) -> GatewaySettings:
+        if self.usage_reconnect_timeout_s * 2 > self.usage_checkpoint_stale_s:
+            raise ValueError(
+                f"gateway.usage_reconnect_timeout_s ({self.usage_reconnect_timeout_s}) must be "
+                f"at most half of gateway.usage_checkpoint_stale_s "
+                f"({self.usage_checkpoint_stale_s}): a process waiting out a database outage "
+                "must not look dead to the others"
+            )
+        return self
+
+
+class RedisUnavailable(StrEnum):
+    """What a query to a rate-limited endpoint gets while Redis cannot be reached."""
+
+    FAIL_CLOSED = "fail_closed"  # 503 with Retry-After: no query escapes its limits
+    FAIL_OPEN = "fail_open"  # admitted under this process's own counters
+
+
+class RateLimitSettings(BaseModel):
+    """The AI-gateway rate limits' counters in Redis (`redis_url`) when Redis is unreachable
+    (see `control_plane.query.ratelimit.outage`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_unavailable: RedisUnavailable = Field(
+        default=RedisUnavailable.FAIL_CLOSED,
+        description="fail_closed (default): queries to endpoints with rate limits get 503 "
+        "with Retry-After while Redis is unreachable; fail_open: they are admitted under "
+        "counters of this process alone (each process enforces every limit on its own, "
+        "so N processes admit up to N times a limit) until Redis is back",
+    )
+    redis_recheck_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="while Redis is unreachable, one query every this many seconds tries it "
+        "again; the others get redis_unavailable's answer at once, without waiting for a "
+        "connection",
     )
 
 
@@ -155,6 +204,11 @@ class EnvironmentSettings(BaseModel):
     )
 
 
+class RayListen(StrEnum):
+    LOOPBACK = "loopback"
+    NETWORK = "network"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOESERVE_", env_nested_delimiter="__", extra="ignore", frozen=True
@@ -174,6 +228,13 @@ class Settings(BaseSettings):
         "and '..' are resolved; default: a models/ folder in data_dir; [] allows presets only",
     )
     host: str = "127.0.0.1"
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="addresses (or networks) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; the client address they give is what logs and the "
+        "audit log record. Default: none, so the peer address is recorded as it is",
+    )
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = Field(
         default=None, description="URL clients use, when it differs from http://host:port"
@@ -182,6 +243,12 @@ class Settings(BaseSettings):
         default=None, description="attach to this Ray cluster; default: start a local one"
     )
     ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local Ray")
+    ray_listen: RayListen = Field(
+        default=RayListen.LOOPBACK,
+        description="where a local Ray (one moeserve starts, no ray_address) listens: "
+        "loopback (default; nothing outside this machine can reach its ports) or network "
+        "(its node address, for worker machines that join it with `ray start --address`)",
+    )
     shutdown_grace_s: int = Field(
         default=30,
         ge=0,
@@ -243,6 +310,7 @@ class Settings(BaseSettings):
         description="redis://host:port/db shared by every control-plane process for rate "
         "limits; default: in-process counters (one process)",
     )
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)

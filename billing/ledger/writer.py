@@ -16,8 +16,11 @@ One row can never cost another its place. A batch whose transaction fails for wh
 (a value the database refuses, say) is written again in halves, each half that fails is
 halved again, and so on: every row that can be stored alone is committed and its caller
 returns normally; only the rows that fail alone raise `LedgerWriteError`. A batch that fails
-because the database cannot be reached is not split (every row of it would fail the same
-way); a dropped connection is retried once on a fresh one first, as before.
+because the database cannot be reached (no connection can be had, or the connection died
+under it) is not split (every row of it would fail the same way): it is written again on a
+fresh connection, at once and then with backoff, for up to `reconnect_timeout_s`, so that a
+restart or failover that lasts seconds costs no row and fails no request (rows arriving
+meanwhile queue up and go in the next batch); only then do its rows fail.
 
 Requests in flight go through the same batches (see `billing.ledger.checkpoints`): `open`
 inserts a request's `usage_checkpoints` row at admission, `checkpoint` updates it with the
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +64,13 @@ from billing.ledger.rows import (
 )
 
 logger = logging.getLogger(__name__)
+
+# How long a batch waits for an unreachable database by default: a PostgreSQL restart takes
+# a few seconds, a managed failover tens; the checkpoint rows of requests in flight are
+# taken for a dead process's only after `usage_checkpoint_stale_s` (60 s by default).
+RECONNECT_TIMEOUT_S = 10.0
+_FIRST_BACKOFF_S = 0.05  # then doubling, up to
+_MAX_BACKOFF_S = 1.0
 
 
 class LedgerWriteError(Exception):
@@ -129,6 +140,15 @@ class _Statements:
         )  # payloads go with usage rows
 
 
+class _Unreachable(Exception):
+    """The database could not be reached: no connection, or it died under the batch.
+    `error` is what the rows' callers get as the cause if it stays so."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
 class _WriteFailed(Exception):
     """A transaction failed with `error` (what its rows' callers get as the cause).
     `isolable`: the rows may be at fault, so writing them apart may store some; false when
@@ -171,6 +191,10 @@ class UsageLedger:
     were delivered, or `checkpoint_interval_s` after its last checkpoint, whichever comes
     first. `owner` names this ledger's checkpoint rows (default: a fresh id); `clock` gives
     their `updated_at` (default: the wall clock, UTC).
+
+    `reconnect_timeout_s` bounds how long a batch waits for an unreachable database (the
+    time a restart or failover may take; the callers of its rows wait as long) before its
+    rows fail; 0: a dropped connection is retried once, at once, and nothing more.
     """
 
     def __init__(
@@ -184,6 +208,7 @@ class UsageLedger:
         checkpoint_interval_s: float = 0.5,
         owner: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        reconnect_timeout_s: float = RECONNECT_TIMEOUT_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -193,6 +218,8 @@ class UsageLedger:
             raise ValueError(f"max_payload_bytes must be >= {TRUNCATION_MARKER_BYTES}")
         if checkpoint_tokens < 1 or checkpoint_interval_s <= 0:
             raise ValueError("checkpoint_tokens must be >= 1 and checkpoint_interval_s > 0")
+        if reconnect_timeout_s < 0:
+            raise ValueError("reconnect_timeout_s must be >= 0")
         self._engine = engine
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
@@ -201,6 +228,7 @@ class UsageLedger:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.owner = owner or uuid.uuid4().hex
         self._clock = clock or _utcnow
+        self._reconnect_timeout_s = reconnect_timeout_s
         self._usage_insert = _DriverStatement.insert(engine, EndpointUsage.__tablename__)
         self._inference_insert = _DriverStatement.insert(engine, InferenceLog.__tablename__)
         self._checkpoint_insert = _DriverStatement.insert(engine, UsageCheckpoint.__tablename__)
@@ -520,37 +548,64 @@ class UsageLedger:
     def _write(self, statements: _Statements) -> None:
         """One transaction, one executemany per statement (runs in a worker thread), on the
         writer's own driver connection: no pool checkout and liveness ping per batch. A
-        failed batch drops the connection, so the next one starts on a fresh one; a batch
-        that failed because the connection had died (a database restart) is retried once on
-        a fresh one at once, which the idempotent INSERTs make safe. Raises `_WriteFailed`,
-        isolable unless no connection could be had or the retry found it dead again."""
+        failed batch drops the connection, so the next one starts on a fresh one. A batch
+        that failed because the database could not be reached (the connection had died: a
+        restart; or none could be had: it is still down) is written again on a fresh
+        connection, at once and then with backoff, until `reconnect_timeout_s` passed since
+        its first such failure; the idempotent INSERTs (and UPDATEs, DELETEs by request id)
+        make a replay of a commit that did go through harmless. Raises `_WriteFailed`,
+        isolable unless the database stayed unreachable."""
         if statements.empty:  # only entries whose writes became moot
             return
-        for attempt in (1, 2):
-            if self._connection is None:
-                try:
-                    self._connection = self._engine.raw_connection()
-                except Exception as error:
-                    raise _WriteFailed(error, isolable=False) from error
-            connection = self._connection
+        first_failure: float | None = None
+        delay = 0.0  # the first retry goes at once: a restart between batches is over
+        while True:
             try:
-                cursor = connection.cursor()
-                try:
-                    self._run_statements(cursor, statements)
-                finally:
-                    cursor.close()
-                connection.commit()
+                self._write_once(statements)
                 return
+            except _Unreachable as unreachable:
+                now = time.monotonic()
+                if first_failure is None:
+                    first_failure = now
+                    if self._reconnect_timeout_s > 0:
+                        logger.warning(
+                            "usage ledger: the database cannot be reached (%s); retrying "
+                            "for up to %g s",
+                            _kind_of(unreachable.error),
+                            self._reconnect_timeout_s,
+                        )
+                elif now - first_failure >= self._reconnect_timeout_s:
+                    raise _WriteFailed(unreachable.error, isolable=False) from unreachable.error
+                time.sleep(min(delay, first_failure + self._reconnect_timeout_s - now))
+                delay = min(max(2 * delay, _FIRST_BACKOFF_S), _MAX_BACKOFF_S)
+
+    def _write_once(self, statements: _Statements) -> None:
+        """`_write`'s one attempt. Raises `_Unreachable` if no connection could be had or
+        the connection died under the batch, `_WriteFailed` (isolable) for any other error."""
+        if self._connection is None:
+            try:
+                self._connection = self._engine.raw_connection()
             except Exception as error:
-                self._connection = None
-                dead = self._is_disconnect(error, connection)
-                with contextlib.suppress(Exception):
-                    connection.rollback()
-                with contextlib.suppress(Exception):
-                    connection.invalidate() if dead else connection.close()
-                if attempt == 2 or not dead:
-                    wrapped = self._wrapped(error, dead)
-                    raise _WriteFailed(wrapped, isolable=not dead) from wrapped
+                raise _Unreachable(error) from error
+        connection = self._connection
+        try:
+            cursor = connection.cursor()
+            try:
+                self._run_statements(cursor, statements)
+            finally:
+                cursor.close()
+            connection.commit()
+        except Exception as error:
+            self._connection = None
+            dead = self._is_disconnect(error, connection)
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            with contextlib.suppress(Exception):
+                connection.invalidate() if dead else connection.close()
+            wrapped = self._wrapped(error, dead)
+            if dead:
+                raise _Unreachable(wrapped) from wrapped
+            raise _WriteFailed(wrapped, isolable=True) from wrapped
 
     def _run_statements(self, cursor: Any, statements: _Statements) -> None:
         """The batch's statements, in an order that is right for any interleaving of its

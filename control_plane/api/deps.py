@@ -43,8 +43,10 @@ bearer = APIKeyHeader(
 AuthorizationDep = Annotated[str | None, Security(bearer)]
 
 
-def get_caller(session: SessionDep, authorization: AuthorizationDep) -> Caller:
-    return authenticate(session, authorization)
+def get_caller(request: Request, session: SessionDep, authorization: AuthorizationDep) -> Caller:
+    caller = authenticate(session, authorization)
+    request.state.caller = caller  # who acted, for the audit trail (control_plane.audit)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -52,7 +52,7 @@ def metrics(name: str, endpoints: EndpointsDep, plane: PlaneDep) -> str:
     names = endpoint.config.app_names if endpoint.config is not None else set()
     text = endpoint_metrics(endpoint, {n: plane.provider.status(n) for n in names})
     if plane.gateway is not None:  # this process's query metrics of the endpoint
-        text += plane.gateway.metrics.endpoint_text(endpoint.name)
+        text += plane.gateway.metrics.endpoint_text(endpoint.id, endpoints.caller.workspace_id)
     return text
 
 

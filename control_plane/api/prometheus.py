@@ -1,9 +1,11 @@
 """`GET /metrics`: the Prometheus exposition of this control-plane process (query
 counters and latency histograms, tokens, queues, replicas, rate-limit rejections).
 
-It names every endpoint of every workspace, so by default it needs an account admin's
-bearer token (`authorization` in the Prometheus scrape config); set
-`gateway.metrics_require_auth=false` to open it on a private network.
+It names every endpoint of every workspace, each series labelled `workspace`,
+`endpoint_id` and `endpoint` (the name; two workspaces may both have a `chat`), so by
+default it needs an account admin's bearer token (`authorization` in the Prometheus scrape
+config); set `gateway.metrics_require_auth=false` to open it on a private network. A
+workspace sees its own endpoint's samples at `/api/2.0/serving-endpoints/{name}/metrics`.
 """
 
 from __future__ import annotations

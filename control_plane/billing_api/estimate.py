@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from billing.estimate import HourTokens, compare_modes
 from billing.ledger import EndpointUsage
+from billing.ledger.models import ENDPOINT_NAME_LENGTH
 from billing.metering import UsageFilters, live_records
 from billing.metering.hours import sql_hour
 from billing.pricing import line_amount
@@ -20,7 +21,7 @@ from billing.ratecard import UnknownRate
 from billing.records import UsageRecord
 from billing.skus import region_class
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.billing_api.listing import Scope, billing_scope, time_range
+from control_plane.billing_api.listing import Scope, billing_scope, plain_filter, time_range
 from control_plane.billing_api.schemas import ActualCost, AlternativeCost, Estimate, Traffic
 from control_plane.db.models import Endpoint
 from control_plane.errors import InvalidParameter, NotFound
@@ -39,6 +40,7 @@ def estimate(
     end_time: str,
     workspace_id: str | None = None,
 ) -> Estimate:
+    plain_filter("endpoint_name", endpoint_name, ENDPOINT_NAME_LENGTH)
     scope = billing_scope(caller, workspace_id)
     start, end = time_range(start_time, end_time)
     if start is None or end is None:

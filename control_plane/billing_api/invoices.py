@@ -5,6 +5,7 @@ signs instead)."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from billing.invoicing import Invoice
 from billing.stripe_gateway import WebhookSignatureError, handle_webhook
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.billing_api.listing import CSV, billing_scope, listing, wants_csv
+from control_plane.billing_api.listing import CSV, billing_scope, listing, storable, wants_csv
 from control_plane.billing_api.schemas import (
     InvoiceDetail,
     InvoiceLineList,
@@ -21,9 +22,12 @@ from control_plane.billing_api.schemas import (
     InvoiceRow,
     WebhookResult,
 )
-from control_plane.errors import BadRequest, NotFound, TemporarilyUnavailable
+from control_plane.errors import BadRequest, InvalidParameter, NotFound, TemporarilyUnavailable
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
+
+_PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")  # YYYY-MM, as invoices store it
+INVOICE_ID_LENGTH = 64  # the column's width
 
 
 @router.get("/invoices", response_model=InvoiceList, responses=CSV)
@@ -34,6 +38,8 @@ def invoices(
     workspace_id: str | None = None,
     period: str | None = None,
 ) -> Response:
+    if period is not None and not _PERIOD.fullmatch(period):
+        raise InvalidParameter("period must be a calendar month (UTC) as YYYY-MM, e.g. 2026-11")
     scope = billing_scope(caller, workspace_id)
     query = select(Invoice).where(*scope.clause(Invoice.account_id, Invoice.workspace_id))
     if period is not None:
@@ -45,6 +51,8 @@ def invoices(
 @router.get("/invoices/{invoice_id}", response_model=InvoiceDetail, responses=CSV)
 def invoice(invoice_id: str, request: Request, session: SessionDep, caller: CallerDep) -> Response:
     """One invoice with its lines; CSV lists the lines."""
+    if not storable(invoice_id, INVOICE_ID_LENGTH):  # no invoice has it (and NUL: a DB error)
+        raise NotFound("no invoice has this id")
     found = session.get(Invoice, invoice_id)
     visible = found is not None and found.account_id == caller.account_id
     if visible and found is not None:

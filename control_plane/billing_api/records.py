@@ -7,10 +7,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
+from billing.ledger.models import ENDPOINT_NAME_LENGTH
 from billing.metering import UsageFilters, live_records
 from billing.records import UsageRecord
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range
+from control_plane.billing_api.listing import (
+    CSV,
+    billing_scope,
+    listing,
+    plain_filter,
+    time_range,
+)
 from control_plane.billing_api.schemas import (
     ListPriceList,
     ListPriceRow,
@@ -35,6 +42,7 @@ def usage(
 ) -> Response:
     """Records overlapping [start_time, end_time): the stored (closed) hours and, computed
     now, the hours the metering job has not stored yet — so a query shows up at once."""
+    plain_filter("endpoint_name", endpoint_name, ENDPOINT_NAME_LENGTH)
     scope = billing_scope(caller, workspace_id)
     start, end = time_range(start_time, end_time)
     query = select(UsageRecord).where(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,9 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Text, and_, cast, or_, select
 
 from billing.ledger import EndpointUsage
-from billing.ledger.models import ENDPOINT_NAME_LENGTH, ID_LENGTH, REQUEST_ID_LENGTH
+from billing.ledger.models import ENDPOINT_NAME_LENGTH, REQUEST_ID_LENGTH
 from control_plane.api.deps import CallerDep, SessionDep
-from control_plane.billing_api.listing import CSV, billing_scope, listing, time_range, wants_csv
+from control_plane.billing_api.listing import (
+    CSV,
+    UNSTORABLE,
+    billing_scope,
+    listing,
+    plain_filter,
+    time_range,
+    wants_csv,
+)
 from control_plane.billing_api.schemas import EndpointUsageList, EndpointUsageRow
 from control_plane.errors import InvalidParameter
 
@@ -41,7 +48,6 @@ router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000
 NEXT_PAGE_HEADER = "X-Next-Page-Token"  # CSV pages carry the token here
-_UNSHOWABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, lone surrogates
 _BAD_TOKEN = (
     "page_token is not a token this listing returned: pass the previous page's "
     "next_page_token unchanged, or leave page_token out for the first page"
@@ -77,7 +83,7 @@ class _Cursor(BaseModel):
             cursor = cls.model_validate_json(raw)
         except (ValueError, binascii.Error, ValidationError):
             raise InvalidParameter(_BAD_TOKEN) from None
-        if cursor.t.tzinfo is None or _UNSHOWABLE.search(cursor.id):
+        if cursor.t.tzinfo is None or UNSTORABLE.search(cursor.id):
             raise InvalidParameter(_BAD_TOKEN)
         return cursor
 
@@ -102,8 +108,7 @@ def endpoint_usage(
 ) -> Response:
     """One row per accepted query in [start_time, end_time), oldest first, `page_size` rows
     a page; `next_page_token` (CSV: the X-Next-Page-Token header) fetches the next."""
-    _plain_filter("endpoint_name", endpoint_name, ENDPOINT_NAME_LENGTH)
-    _plain_filter("workspace_id", workspace_id, ID_LENGTH)
+    plain_filter("endpoint_name", endpoint_name, ENDPOINT_NAME_LENGTH)
     scope = billing_scope(caller, workspace_id)
     start, end = time_range(start_time, end_time)
     table = EndpointUsage
@@ -146,15 +151,6 @@ def endpoint_usage(
     )
 
 
-def _plain_filter(name: str, value: str | None, max_length: int) -> None:
-    """A filter no stored value could equal is a 400, before it reaches the database (which
-    would refuse a NUL with an error)."""
-    if value is not None and (len(value) > max_length or _UNSHOWABLE.search(value)):
-        raise InvalidParameter(
-            f"{name} must be at most {max_length} characters, without NUL or lone surrogates"
-        )
-
-
 def _shown(row: dict[str, Any]) -> EndpointUsageRow:
     """A stored row as the listing shows it (see the module's docstring)."""
     values = {
@@ -182,4 +178,4 @@ def _context(stored: str | None) -> dict[str, str] | None:
 
 
 def _text(value: str) -> str:
-    return _UNSHOWABLE.sub("\ufffd", value)
+    return UNSTORABLE.sub("\ufffd", value)

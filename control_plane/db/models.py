@@ -2,15 +2,17 @@
 permissions. An endpoint's documents (config, state, AI gateway, tags) are stored through
 typed columns that read back as the pydantic models of `control_plane.endpoints`. Alembic
 (`control_plane/db/migrations`) owns the schema; these are its source. Billing's tables
-(usage ledger, capacity timeline, records, invoices) live in `billing`."""
+(usage ledger, capacity timeline, records, invoices) live in `billing`. The audit log
+(`AuditRecord`) is written by `control_plane.audit`."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, true
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
+from control_plane.audit.events import Actor, AuditResult
 from control_plane.db.base import Base, Id, Name, Timestamp
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.config import EndpointConfig, EndpointTag, Task
@@ -174,3 +176,30 @@ class EndpointPermission(Base):
         ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
     )
     level: Mapped[str] = mapped_column(String(16))  # CAN_MANAGE | CAN_QUERY | CAN_VIEW
+
+
+class AuditRecord(Base):
+    """One audited request (`control_plane.audit.events.AuditEvent`). No foreign keys:
+    the record outlives the principal, token, endpoint or workspace it names."""
+
+    __tablename__ = "audit_log"
+
+    event_id: Mapped[Id]
+    event_time: Mapped[Timestamp]
+    account_id: Mapped[str | None] = mapped_column(String(32))
+    workspace_id: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[Actor] = mapped_column(EnumText(Actor, 32))
+    user_name: Mapped[str | None] = mapped_column(String(255))
+    principal_id: Mapped[int | None] = mapped_column(Integer)
+    token_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(96))
+    target: Mapped[dict[str, str]] = mapped_column(JSON)
+    source_ip_address: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    result: Mapped[AuditResult] = mapped_column(EnumText(AuditResult, 16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+
+    # The listing: one workspace's events, newest first (keyset on time, then id).
+    __table_args__ = (
+        Index("ix_audit_log_workspace_time", "workspace_id", "event_time", "event_id"),
+    )

@@ -103,7 +103,7 @@ class Accounting:
         """A chunk (or the whole answer) reached the client: its usage — the whole
         request's so far — now counts."""
         now = time.monotonic()
-        series = self._metrics.series(self.target.endpoint_name, self.entity.name)
+        series = self._metrics.series(self.target.labels, self.entity.name)
         if self._last_chunk_at is None:
             series.ttft.observe(now - self._started)
         else:
@@ -169,9 +169,9 @@ class Accounting:
             raise
 
     async def _record(self, status: int) -> None:
-        endpoint, entity = self.target.endpoint_name, self.entity
-        series = self._metrics.series(endpoint, entity.name)
-        self._metrics.requests.labels(endpoint, entity.name, str(status)).inc()
+        labels, entity = self.target.labels, self.entity
+        series = self._metrics.series(labels, entity.name)
+        self._metrics.requests.labels(*labels, entity.name, str(status)).inc()
         series.e2e.observe(time.monotonic() - self._started)
         series.input_tokens.inc(self.usage.prompt_tokens)
         series.output_tokens.inc(self.usage.completion_tokens)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billing.ledger import UsageLedger
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.config import ServedEntity
+from control_plane.endpoints.metrics import EndpointLabels
 from control_plane.query.metrics import GatewayMetrics
 from control_plane.query.ratelimit import build_rate_limiter
 from control_plane.query.ratelimit.limiter import RateLimiter
@@ -47,6 +48,7 @@ class Gateway:
     app_statuses: Callable[[], dict[str, AppStatus]]  # the reconciler's last view
     tokenizers: Tokenizers = field(default_factory=Tokenizers)
     _sampler: asyncio.Task[None] | None = None
+    _sampled: set[tuple[EndpointLabels, str]] = field(default_factory=set)  # gauged entities
     _checkpoint_keeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -65,6 +67,7 @@ class Gateway:
             max_payload_bytes=settings.gateway.inference_table_max_bytes,
             checkpoint_tokens=settings.gateway.usage_checkpoint_tokens,
             checkpoint_interval_s=settings.gateway.usage_checkpoint_interval_s,
+            reconnect_timeout_s=settings.gateway.usage_reconnect_timeout_s,
         )
         ledger.start()
         gateway = cls(
@@ -72,7 +75,7 @@ class Gateway:
             sessions=sessions,
             provider=provider,
             targets=QueryTargets(sessions, settings.gateway.lookup_cache_ttl_s),
-            limiter=build_rate_limiter(settings.redis_url),
+            limiter=build_rate_limiter(settings.redis_url, settings.ratelimit, metrics.registry),
             ledger=ledger,
             metrics=metrics,
             replicas=Replicas(provider, settings, metrics, app_statuses),
@@ -129,8 +132,13 @@ class Gateway:
     async def sample_once(self) -> None:
         entities = await asyncio.to_thread(self._live_entities)
         statuses = self.app_statuses()
-        for endpoint_name, entity in entities:
-            labels = (endpoint_name, entity.name)
+        live = {(endpoint, entity.name) for endpoint, entity in entities}
+        for endpoint, entity_name in self._sampled - live:  # a deleted endpoint's gauges go
+            for gauge in (self.metrics.replicas, self.metrics.running_seqs, self.metrics.kv_usage):
+                gauge.remove(*endpoint, entity_name)
+        self._sampled = live
+        for endpoint, entity in entities:
+            labels = (*endpoint, entity.name)
             status = statuses.get(entity.app_name)
             running = status.running_replicas if status else 0
             self.metrics.replicas.labels(*labels).set(running)
@@ -145,9 +153,15 @@ class Gateway:
                 used = total - stats.get("kv_blocks_free", total)
                 self.metrics.kv_usage.labels(*labels).set(used / total)
 
-    def _live_entities(self) -> list[tuple[str, ServedEntity]]:
+    def _live_entities(self) -> list[tuple[EndpointLabels, ServedEntity]]:
+        """Each live served entity, with its endpoint's own labels (the replicas are
+        the endpoint's, not any one tenant's)."""
+        columns = Endpoint.workspace_id, Endpoint.id, Endpoint.name, Endpoint.config
         with self.sessions() as session:
-            rows = session.execute(select(Endpoint.name, Endpoint.config)).all()
+            rows = session.execute(select(*columns)).all()
         return [
-            (name, entity) for name, config in rows if config for entity in config.served_entities
+            (EndpointLabels.of(workspace, endpoint_id, name), entity)
+            for workspace, endpoint_id, name, config in rows
+            if config
+            for entity in config.served_entities
         ]

@@ -1,7 +1,10 @@
 """Prometheus metrics of the query path, in a registry owned by one app (not global).
 
-`/metrics` exposes the whole registry; `/api/2.0/serving-endpoints/{name}/metrics`
-exposes the samples labelled with that endpoint.
+Every series of an endpoint is keyed by the endpoint's id, never its name (two workspaces
+may each have an endpoint `chat`), and labelled `workspace`, `endpoint_id` and `endpoint`
+(the name, for reading). `/metrics` (the operator's view) exposes the whole registry;
+`/api/2.0/serving-endpoints/{name}/metrics` exposes the samples of the endpoint that name
+resolves to in the caller's workspace, selected by its id (`endpoint_text`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
-_ENTITY = ["endpoint", "served_entity"]
+from control_plane.endpoints.metrics import SHARED_WORKSPACE, EndpointLabels
+
+_ENDPOINT = list(EndpointLabels._fields)  # workspace, endpoint_id, endpoint
+_ENTITY = [*_ENDPOINT, "served_entity"]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -72,7 +78,7 @@ class GatewayMetrics:
         self.rate_limited = Counter(
             "moeserve_rate_limit_rejections",
             "queries rejected with 429 by an AI-gateway rate limit",
-            ["endpoint", "key"],
+            [*_ENDPOINT, "key"],
             registry=r,
         )
         self.saturated = Counter(
@@ -109,39 +115,51 @@ class GatewayMetrics:
             registry=r,
         )
 
-        self._series: dict[tuple[str, str], EntitySeries] = {}
+        self._series: dict[tuple[EndpointLabels, str], EntitySeries] = {}
 
-    def series(self, endpoint: str, entity: str) -> EntitySeries:
+    def series(self, labels: EndpointLabels, entity: str) -> EntitySeries:
         """The per-entity children, looked up once (label lookups lock and hash)."""
-        key = (endpoint, entity)
+        key = (labels, entity)
         found = self._series.get(key)
         if found is None:
+            values = (*labels, entity)
             found = self._series[key] = EntitySeries(
-                ttft=self.ttft.labels(endpoint, entity),
-                inter_token=self.inter_token.labels(endpoint, entity),
-                e2e=self.e2e.labels(endpoint, entity),
-                input_tokens=self.input_tokens.labels(endpoint, entity),
-                output_tokens=self.output_tokens.labels(endpoint, entity),
-                queue_depth=self.queue_depth.labels(endpoint, entity),
+                ttft=self.ttft.labels(*values),
+                inter_token=self.inter_token.labels(*values),
+                e2e=self.e2e.labels(*values),
+                input_tokens=self.input_tokens.labels(*values),
+                output_tokens=self.output_tokens.labels(*values),
+                queue_depth=self.queue_depth.labels(*values),
             )
         return found
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
-    def endpoint_text(self, endpoint: str) -> str:
-        """The samples of one endpoint, in the Prometheus text format."""
-        return generate_latest(_EndpointView(self.registry, endpoint)).decode()
+    def endpoint_text(self, endpoint_id: str, workspace: str) -> str:
+        """The samples of one endpoint as `workspace` may see them, in the Prometheus text
+        format: those of its id, either the workspace's own or the endpoint's gauges
+        (`SHARED_WORKSPACE`; on a shared endpoint, the other tenants' traffic is left out)."""
+        view = _EndpointView(self.registry, endpoint_id, (workspace, SHARED_WORKSPACE))
+        return generate_latest(view).decode()
 
 
 class _EndpointView(Collector):
-    def __init__(self, registry: CollectorRegistry, endpoint: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, endpoint_id: str, workspaces: tuple[str, ...]
+    ) -> None:
         self._registry = registry
-        self._endpoint = endpoint
+        self._endpoint_id = endpoint_id
+        self._workspaces = workspaces
 
     def collect(self):  # type: ignore[no-untyped-def]
         for family in self._registry.collect():
-            samples = [s for s in family.samples if s.labels.get("endpoint") == self._endpoint]
+            samples = [
+                s
+                for s in family.samples
+                if s.labels.get("endpoint_id") == self._endpoint_id
+                and s.labels.get("workspace") in self._workspaces
+            ]
             if samples:
                 family.samples = samples
                 yield family

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from prometheus_client import Gauge
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from control_plane.endpoints.config import ServedEntity as Entity
+from control_plane.endpoints.metrics import EndpointLabels
 from control_plane.errors import ApiError, BadRequest, TemporarilyUnavailable
 from control_plane.query.metrics import GatewayMetrics
 from control_plane.settings import Settings
@@ -67,6 +70,25 @@ def classify(exc: BaseException, entity: Entity) -> Exception:
     if isinstance(exc, TimeoutError):
         return ReplicaFailed(f"served entity {entity.name!r} did not answer in time")
     return ReplicaFailed(f"served entity {entity.name!r} failed: {type(exc).__name__}")
+
+
+def interrupted(exc: BaseException, entity: Entity) -> Exception:
+    """A replica-side exception after the first chunk -> the error that ends the stream,
+    worded for the client: the engine's own message (the last line of Ray's report), or
+    that the replica died, never Ray's text about it (actor ids, pids, addresses, internal
+    app names)."""
+    if isinstance(exc, ValueError):
+        return classify(exc, entity)
+    if isinstance(exc, RayActorError | ReplicaUnavailableError):
+        return ReplicaFailed(
+            f"served entity {entity.name!r} failed mid-answer: its replica stopped "
+            f"({type(exc).__name__}); the answer is incomplete"
+        )
+    lines = str(exc).strip().splitlines()
+    return ReplicaFailed(
+        f"served entity {entity.name!r} failed mid-answer: "
+        f"{lines[-1] if lines else type(exc).__name__}"
+    )
 
 
 class Slot:
@@ -113,17 +135,17 @@ class Replicas:
         per_replica = self._settings.workers.max_ongoing_requests
         return entity.max_replicas * per_replica + self._settings.gateway.max_queued_requests
 
-    def acquire(self, endpoint: str, entity: Entity) -> Slot:
+    def acquire(self, labels: EndpointLabels, entity: Entity) -> Slot:
         """Take one in-flight place on `entity`, or 503 at once when its queue is full."""
         app = entity.app_name
         if self._in_flight[app] >= self.capacity(entity):
-            self._metrics.saturated.labels(endpoint, entity.name).inc()
+            self._metrics.saturated.labels(*labels, entity.name).inc()
             raise TemporarilyUnavailable(
                 f"served entity {entity.name!r} is saturated "
                 f"({self._in_flight[app]} requests in flight); retry shortly",
                 headers={"Retry-After": str(self._settings.gateway.retry_after_s)},
             )
-        gauge = self._metrics.series(endpoint, entity.name).queue_depth
+        gauge = self._metrics.series(labels, entity.name).queue_depth
         return Slot(self._in_flight, app, gauge)
 
     def parked(self, entity: Entity) -> bool:
@@ -138,16 +160,16 @@ class Replicas:
         first = gateway.scale_from_zero_timeout_s if parked else gateway.first_token_timeout_s
         return Timeouts(first_chunk_s=first, total_s=self._settings.query_timeout_s + first)
 
-    def _wake(self, endpoint: str, entity: Entity) -> bool:
+    def _wake(self, labels: EndpointLabels, entity: Entity) -> bool:
         parked = self.parked(entity)
         if parked:
-            self._metrics.wakes.labels(endpoint, entity.name).inc()
+            self._metrics.wakes.labels(*labels, entity.name).inc()
         return parked
 
     # -- answering from the first candidate that can -------------------------------------
     async def first_answer(
         self,
-        endpoint: str,
+        labels: EndpointLabels,
         candidates: list[Entity],
         call: Callable[[Entity], Awaitable[T]],
         tried: Callable[[Entity], None],
@@ -159,7 +181,7 @@ class Replicas:
         for attempt, entity in enumerate(candidates):
             tried(entity)
             try:
-                slot = self.acquire(endpoint, entity)
+                slot = self.acquire(labels, entity)
             except TemporarilyUnavailable as exc:
                 last = exc
             else:
@@ -172,7 +194,7 @@ class Replicas:
                     slot.release()
                     raise
             if attempt + 1 < len(candidates):
-                self._metrics.fallbacks.labels(endpoint, entity.name).inc()
+                self._metrics.fallbacks.labels(*labels, entity.name).inc()
         retry_after = getattr(last, "retry_after_s", None) or self._settings.gateway.retry_after_s
         if isinstance(last, ApiError) and last.headers:
             retry_after = int(last.headers.get("Retry-After", retry_after))
@@ -206,11 +228,11 @@ class Replicas:
         self._handles.pop(app, None)
 
     async def complete(
-        self, endpoint: str, entity: Entity, request: GenerationRequest
+        self, labels: EndpointLabels, entity: Entity, request: GenerationRequest
     ) -> Completion:
         """A whole answer. A parked entity is woken through a stream, so that the wait for
         its first replica is bounded on its own (`scale_from_zero_timeout_s`)."""
-        if not self._wake(endpoint, entity):
+        if not self._wake(labels, entity):
             handle = await self.handle(entity)
             result: Completion = await self._unary(
                 entity, _unary(handle.complete.remote(request)), parked=False
@@ -220,9 +242,9 @@ class Replicas:
         return aggregate([first] + [chunk async for chunk in rest])
 
     async def embed(
-        self, endpoint: str, entity: Entity, inputs: list[list[int]]
+        self, labels: EndpointLabels, entity: Entity, inputs: list[list[int]]
     ) -> EmbeddingResult:
-        parked = self._wake(endpoint, entity)
+        parked = self._wake(labels, entity)
         handle = await self.handle(entity)
         result: EmbeddingResult = await self._unary(
             entity, _unary(handle.embed.remote(inputs)), parked=parked
@@ -230,10 +252,10 @@ class Replicas:
         return result
 
     async def open_stream(
-        self, endpoint: str, entity: Entity, request: GenerationRequest
+        self, labels: EndpointLabels, entity: Entity, request: GenerationRequest
     ) -> Stream:
         """Start a stream and wait (bounded) for its first chunk; then the rest."""
-        return await self._open(entity, request, parked=self._wake(endpoint, entity))
+        return await self._open(entity, request, parked=self._wake(labels, entity))
 
     async def _unary(self, entity: Entity, response: DeploymentResponse[T], *, parked: bool) -> T:
         """The answer of a unary replica call (`complete`, `embed`), bounded by the
@@ -294,6 +316,9 @@ class Replicas:
                     raise ReplicaFailed(
                         f"served entity {entity.name!r} did not finish within {total_s:.0f} s"
                     ) from exc
+                except Exception as exc:  # the replica died, or its engine failed
+                    self._on_failure(entity, exc)
+                    raise interrupted(exc, entity) from exc
                 yield chunk
         finally:
             if not finished:

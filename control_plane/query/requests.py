@@ -18,7 +18,9 @@ naming the field and what to change; it never repeats the value.
 `PromptIds` is a parsed body's prompt as token ids, per candidate entity, tokenized on first
 use: entities of one endpoint may use different tokenizers (DBRX's cl100k, Mixtral's
 SentencePiece), so the ids belong to an entity; a fallback entity's prompt is tokenized only
-if the first candidate fails, and entities sharing a tokenizer share one tokenization.
+if the first candidate fails, and entities sharing a tokenizer share one tokenization. Token
+ids a caller sends itself (embeddings) must be in the entity's vocabulary: a 400 naming the
+first that is not, before it reaches a replica.
 `Tokenizers` keeps each tokenizer a process has loaded, by name.
 """
 
@@ -41,6 +43,7 @@ from pydantic_core import PydanticCustomError
 from control_plane.endpoints.config import ServedEntity, Task
 from control_plane.errors import InvalidParameter
 from workers.engine.request import GenerationRequest
+from workers.model.args import ModelArgs
 from workers.model.source import ModelSource
 from workers.tokenizer import Cl100kTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 
@@ -515,10 +518,19 @@ class PromptIds:
         # even counted.
         small_body = body_bytes is not None and body_bytes <= INLINE_TOKENIZE_MAX_CHARS
         self.large = not small_body and _text_chars(body) > INLINE_TOKENIZE_MAX_CHARS
+        # The caller's own token ids (embeddings' token-id inputs), and their range.
+        given = body.items() if isinstance(body, EmbeddingsRequest) else []
+        self._given_ids = [item for item in given if isinstance(item, list)]
+        self._given_range = (
+            (min(map(min, self._given_ids)), max(map(max, self._given_ids)))
+            if self._given_ids
+            else None
+        )
 
     def of(self, entity: ServedEntity) -> list[list[int]]:
         """The body's token ids under `entity`'s tokenizer (one list; embeddings: one per
         input), tokenized here if they were not yet."""
+        self.refuse_outside_vocabulary(entity)
         tokenizer = self._tokenizers.of(entity)
         key = id(tokenizer)  # the process keeps each tokenizer for its lifetime
         if key not in self._by_tokenizer:
@@ -529,6 +541,7 @@ class PromptIds:
         """`of(entity)`; a large prompt is tokenized in a worker thread."""
         if not self.large:
             return self.of(entity)
+        self.refuse_outside_vocabulary(entity)
         tokenizer = self._tokenizers.of(entity)
         ids = self._by_tokenizer.get(id(tokenizer))
         if ids is None:
@@ -554,6 +567,27 @@ class PromptIds:
                 for item in self._body.items()
             ]
         return [_least(_text_chars(self._body), most)]
+
+    def refuse_outside_vocabulary(self, entity: ServedEntity) -> None:
+        """A 400 naming the first of the caller's own token ids (embeddings' token-id
+        inputs) that `entity`'s model has no embedding for, and the valid range: ids
+        outside [0, vocab_size) used to fail in the replica, as a 503. Tokenizers only make
+        ids of their model's vocabulary; when the model's config cannot be read here, the
+        replica is left to refuse them."""
+        if self._given_range is None:
+            return
+        vocab_size = vocab_size_of(entity)
+        low, high = self._given_range
+        if vocab_size is None or (low >= 0 and high < vocab_size):
+            return
+        for index, ids in enumerate(self._given_ids):
+            for position, token_id in enumerate(ids):
+                if not 0 <= token_id < vocab_size:
+                    raise InvalidParameter(
+                        f"input {index} holds token id {token_id} (position {position}), "
+                        f"which is not in this model's vocabulary: token ids go from 0 to "
+                        f"{vocab_size - 1}"
+                    )
 
     def refuse_past_context(self, entity: ServedEntity) -> None:
         """A 400 when the prompt cannot fit `entity`'s context, as the engine would refuse
@@ -625,13 +659,21 @@ def _tokenizing_threads() -> ThreadPoolExecutor:
 def context_of(entity: ServedEntity) -> int | None:
     """The context (tokens) of `entity`'s model, as its replicas' engines have it; None when
     its config cannot be read here (the engine still checks)."""
-    return _context_of_source(entity.model_source)
+    args = _model_args(entity.model_source)
+    return None if args is None else args.max_seq_len
+
+
+def vocab_size_of(entity: ServedEntity) -> int | None:
+    """How many token ids `entity`'s model embeds (valid ids: 0 to this - 1); None when its
+    config cannot be read here."""
+    args = _model_args(entity.model_source)
+    return None if args is None else args.vocab_size
 
 
 @functools.lru_cache(maxsize=256)
-def _context_of_source(source: ModelSource) -> int | None:
+def _model_args(source: ModelSource) -> ModelArgs | None:
     try:
-        return source.args().max_seq_len
+        return source.args()
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

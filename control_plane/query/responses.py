@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from control_plane.errors import ApiError
 from control_plane.query.accounting import Accounting
+from control_plane.query.replicas import ReplicaFailed
 from control_plane.query.requests import ChatRequest, GenerationBody, TextOf
 from workers.engine.request import Completion, TokenChunk, TokenLogprob
 from workers.engine.request import Usage as EngineUsage
@@ -404,6 +405,13 @@ def closing(body: GenerationBody, accounting: Accounting) -> str:
 
 
 def error_event(exc: Exception) -> str:
-    """The event that ends a stream failing after its first byte."""
+    """The event that ends a stream failing after its first byte. Its message is ours (an
+    API error's, or a replica failure's as `replicas` words it); any other exception is a
+    fault of this server: logged here, and named to the client by its type alone."""
     client_error = isinstance(exc, ApiError) and exc.status_code == 400
-    return _event(error_chunk(str(exc), client_error=client_error))
+    if isinstance(exc, ApiError | ReplicaFailed):
+        message = str(exc)
+    else:
+        log.error("a stream failed after its first byte", exc_info=exc)
+        message = f"the server failed mid-answer ({type(exc).__name__})"
+    return _event(error_chunk(message, client_error=client_error))

@@ -129,8 +129,9 @@ class QueryDoor:
     through FastAPI); this door skips FastAPI's per-route machinery (routing through
     every management route, dependency solving, five more coroutine frames resumed at
     each await): about a sixth of the gateway's CPU per query in a profile. Installed as the
-    innermost user middleware, so FastAPI's outer layers (the 500 handler) still wrap it;
-    an `ApiError` becomes the same JSON error the app's handler sends. The query body's
+    innermost user middleware, so the outer ones (`errors.UnhandledErrors`, the JSON 500
+    with a request id) still wrap it; an `ApiError` becomes the same JSON error the app's
+    handler sends. The query body's
     limit is `answer`'s own (`gateway.max_body_bytes`), a 413 in that JSON shape."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -256,14 +257,12 @@ class Query:
         if self.prompt.large:
             call = _tokenized_first(self.prompt, call)
         try:
-            return await replicas.first_answer(self.endpoint, self.candidates, call, tried)
+            return await replicas.first_answer(self.target.labels, self.candidates, call, tried)
         except EntitiesUnavailable:
             fresh = await self.gateway.targets.reload(self.authorization, self.endpoint)
             if fresh.config_version == self.target.config_version:
                 raise
-            return await replicas.first_answer(
-                self.endpoint, traffic.candidates(fresh), call, tried
-            )
+            return await replicas.first_answer(fresh.labels, traffic.candidates(fresh), call, tried)
 
     def generation(self, body: GenerationBody, entity: ServedEntity) -> GenerationRequest:
         return body.generation_request(self.accounting.request_id, self.prompt.of(entity)[0])
@@ -274,7 +273,7 @@ async def _complete(
 ) -> tuple[ServedEntity, responses.ChatCompletion | responses.TextCompletion]:
     replicas = query.gateway.replicas
     entity, result, slot = await query.first_answer(
-        lambda e: replicas.complete(query.endpoint, e, query.generation(body, e))
+        lambda e: replicas.complete(query.target.labels, e, query.generation(body, e))
     )
     slot.release()
     query.accounting.delivered(result.usage, "".join(result.texts.values()))
@@ -290,7 +289,7 @@ async def _embed(
 ) -> tuple[ServedEntity, responses.EmbeddingList]:
     replicas = query.gateway.replicas
     entity, result, slot = await query.first_answer(
-        lambda e: replicas.embed(query.endpoint, e, query.prompt.of(e))
+        lambda e: replicas.embed(query.target.labels, e, query.prompt.of(e))
     )
     slot.release()
     query.accounting.delivered(result.usage)
@@ -307,7 +306,7 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
     try:
         async with accounting:
             entity, (first, rest), slot = await query.first_answer(
-                lambda e: replicas.open_stream(query.endpoint, e, query.generation(body, e))
+                lambda e: replicas.open_stream(query.target.labels, e, query.generation(body, e))
             )
             try:
                 accounting.prompt_processed(first.usage)  # counts even if the client leaves now
@@ -376,14 +375,16 @@ def _refusal(
 ) -> ApiError:
     """A limiter's refusal as the HTTP error: 429 with Retry-After, or 503."""
     if isinstance(exc, RateLimited):
-        gateway.metrics.rate_limited.labels(target.endpoint_name, exc.rule.key).inc()
+        gateway.metrics.rate_limited.labels(*target.labels, exc.rule.key).inc()
         return RequestLimitExceeded(
             f"rate limit of endpoint {target.endpoint_name!r} exceeded "
             f"({exc.rule.describe()}); retry in {exc.retry_after_s} s",
             headers={"Retry-After": str(exc.retry_after_s)},
         )
+    # Where the counters live (and why they are unreachable) is the operator's business:
+    # the limiter logs it once per outage; the caller learns only when to come back.
     return TemporarilyUnavailable(
-        f"rate limits cannot be checked: {exc}",
+        "rate limits cannot be checked right now; retry shortly",
         headers={"Retry-After": str(gateway.settings.gateway.retry_after_s)},
     )
 

@@ -19,6 +19,7 @@ import hashlib
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -29,6 +30,7 @@ from control_plane.db.models import Endpoint, Principal
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimitKey
 from control_plane.endpoints.config import EndpointConfig, Task
 from control_plane.endpoints.lookup import by_name
+from control_plane.endpoints.metrics import EndpointLabels
 from control_plane.endpoints.validation import NAME_PATTERN
 from control_plane.errors import NotFound
 from control_plane.query.ratelimit.rules import LimitRule, rules_for
@@ -48,6 +50,13 @@ class QueryTarget:
     config: EndpointConfig | None  # the live config; None until the first one is ready
     ai_gateway: AiGatewayConfig
     rules: tuple[LimitRule, ...]
+
+    @cached_property
+    def labels(self) -> EndpointLabels:
+        """The metric labels of this query's series: the endpoint (by id) in the querying
+        workspace, the tenant (which, for a shared endpoint, is not the endpoint's). Built
+        once per resolution: the query path reads it per chunk."""
+        return EndpointLabels(self.caller.workspace_id, self.endpoint_id, self.endpoint_name)
 
     @property
     def config_version(self) -> int | None:

@@ -146,11 +146,12 @@ def test_a_repeated_request_id_still_keeps_its_first_storable_row(pg_engine: Eng
 
 def test_an_unreachable_database_fails_the_batch_at_once_without_splitting_it() -> None:
     # Nothing listens on port 1: every write would fail the same way, so the writer must not
-    # try the rows apart (one connection attempt per part).
+    # try the rows apart (one connection attempt per part). No reconnect wait: the bounded
+    # wait through a restart is tests/reliability/test_postgres_restart.py's.
     engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
 
     async def scenario() -> tuple[UsageLedger, list[Any]]:
-        async with UsageLedger(engine, max_batch=100) as ledger:
+        async with UsageLedger(engine, max_batch=100, reconnect_timeout_s=0) as ledger:
             outcomes = await asyncio.gather(
                 *(ledger.record(usage(f"req-{i}")) for i in range(20)), return_exceptions=True
             )

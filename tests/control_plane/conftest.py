@@ -17,6 +17,7 @@ import pytest
 
 from bench.scratch_db import postgres_available, scratch_postgres
 from control_plane import Settings, create_app
+from control_plane.cli import http_config
 from control_plane.query.ratelimit.in_process import InProcessRateLimiter
 from control_plane.query.ratelimit.redis_counters import RedisRateLimiter
 from deploy.providers.base import Provider
@@ -87,7 +88,7 @@ def live_server(settings: Settings, provider: Provider | None = None) -> Iterato
         factory = lambda _settings: provider  # noqa: E731
     app = create_app(settings, factory)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        http_config(app, settings, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

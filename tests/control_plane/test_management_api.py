@@ -200,14 +200,16 @@ def test_tags_ai_gateway_and_rate_limits_round_trip(instant_server: LiveServer) 
 
 
 def test_read_only_extras_describe_the_endpoint(instant_server: LiveServer) -> None:
-    create(instant_server, "x")
+    endpoint_id = create(instant_server, "x").json()["id"]
     wait_ready(instant_server, "x")
     client = instant_server.client()
-    metrics = client.get(f"{BASE}/x/metrics")
-    assert 'moeserve_endpoint_ready{endpoint="x"} 1.0' in metrics.text
+    workspace = client.get("/api/2.0/workspaces").json()["workspaces"][0]["workspace_id"]
+    endpoint, tenant = f'endpoint="x",endpoint_id="{endpoint_id}"', f'workspace="{workspace}"'
+    metrics = client.get(f"{BASE}/x/metrics")  # labels in the exposition's (sorted) order
+    assert f"moeserve_endpoint_ready{{{endpoint},{tenant}}} 1.0" in metrics.text
     assert (
-        'moeserve_served_entity_running_replicas{endpoint="x",served_entity="dbrx-tiny-1"} 1.0'
-        in (metrics.text)
+        "moeserve_served_entity_running_replicas"
+        f'{{{endpoint},served_entity="dbrx-tiny-1",{tenant}}} 1.0' in metrics.text
     )
     spec = client.get(f"{BASE}/x/openapi").json()
     assert spec["openapi"].startswith("3.") and "/invocations" in spec["paths"]

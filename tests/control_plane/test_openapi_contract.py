@@ -20,6 +20,7 @@ from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from control_plane import create_app
+from control_plane.app import routers
 from tests.control_plane.conftest import LiveServer, make_settings
 from tests.control_plane.query_fixtures import create_endpoint, instant_ray_server
 
@@ -39,12 +40,16 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def test_every_route_declares_what_it_answers(tmp_path: Any) -> None:
-    """A pydantic response model, or (text, CSV, Prometheus) its other media type."""
-    app = create_app(make_settings(f"sqlite:///{tmp_path / 'db'}", tmp_path))
+def test_every_route_declares_what_it_answers() -> None:
+    """A pydantic response model, or (text, CSV, Prometheus) its other media type. The
+    routes come from the routers the app includes (on FastAPI 0.165 `app.routes` holds
+    included-router wrappers, not the `APIRoute`s), and the count guards against a walk
+    that finds nothing to check."""
+    routes = [r for router in routers() for r in router.routes if isinstance(r, APIRoute)]
+    assert len(routes) > 50, f"found only {len(routes)} routes to check"
     undeclared = []
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or route.path in FREE_FORM:
+    for route in routes:
+        if route.path in FREE_FORM:
             continue
         other_media = list(route.responses.get(200, {}).get("content", {}))
         if not _is_model(route.response_model) and not other_media:
@@ -113,6 +118,7 @@ def test_real_responses_match_their_declared_schemas(
             "/api/2.0/billing/endpoint-usage",
             "/api/2.0/billing/list-prices",
             "/api/2.0/billing/invoices",
+            "/api/2.0/audit-log",
         ):
             get(path)
         send("patch", f"{base}/{CHAT}/tags", {"add_tags": [{"key": "env", "value": "dev"}]})

@@ -248,15 +248,17 @@ def test_rate_limit_429_with_integer_retry_after(server: LiveServer) -> None:
 def test_prometheus_metrics(server: LiveServer) -> None:
     openai_client(server).chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=1)
     with server.client() as http:
+        workspace = http.get("/api/2.0/workspaces").json()["workspaces"][0]["workspace_id"]
+        endpoint_id = http.get(f"/api/2.0/serving-endpoints/{NAME}").json()["id"]
+        # the labels in the exposition's (sorted) order
+        series = f'endpoint="{NAME}",endpoint_id="{endpoint_id}",served_entity="dbrx-tiny-1"'
+        tenant = f'workspace="{workspace}"'
         text = http.get("/metrics").text
-        assert (
-            f'moeserve_requests_total{{endpoint="{NAME}",served_entity="dbrx-tiny-1",status="200"}}'
-            in text
-        )
+        assert f'moeserve_requests_total{{{series},status="200",{tenant}}}' in text
         assert "moeserve_time_to_first_token_seconds_bucket" in text
         per_endpoint = http.get(f"/api/2.0/serving-endpoints/{NAME}/metrics").text
         assert "moeserve_endpoint_ready" in per_endpoint
-        assert f'moeserve_output_tokens_total{{endpoint="{NAME}"' in per_endpoint
+        assert f"moeserve_output_tokens_total{{{series},{tenant}}}" in per_endpoint
         assert httpx.get(f"{server.url}/metrics").status_code == 401
     wait_for(
         lambda: "moeserve_served_entity_replicas{" in _metrics(server),

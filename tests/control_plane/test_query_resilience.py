@@ -158,9 +158,9 @@ def test_scale_from_zero_wakes_with_a_bounded_wait(server: LiveServer) -> None:
         assert woke.headers["served-model-name"] == "lazy"
     with server.client() as http:
         metrics = http.get("/metrics").text
-    assert (
-        f'moeserve_scale_from_zero_wakes_total{{endpoint="{name}",served_entity="lazy"}}' in metrics
-    )
+        workspace = http.get("/api/2.0/workspaces").json()["workspaces"][0]["workspace_id"]
+    labels = f'endpoint="{name}",endpoint_id="{created["id"]}",served_entity="lazy"'
+    assert f'moeserve_scale_from_zero_wakes_total{{{labels},workspace="{workspace}"}}' in metrics
 
     def timeline() -> list[tuple[bool, bool]]:
         with server.plane.sessions() as session:

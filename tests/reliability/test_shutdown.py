@@ -1,11 +1,12 @@
 """`moeserve run` stopped as Kubernetes, Docker and systemd stop a process: SIGTERM while
-streams are in flight (issue 14, findings 4 and 12).
+streams are in flight (issue 14, findings 4, 11 and 12).
 
 A real `moeserve run` child with its own local Ray (as `make run` starts it) and the
 `databricks-dbrx-tiny` shared endpoint on the real engine. Before the fix, SIGTERM killed
 the process about 3 s later (Ray's failure-signal handler): streams were cut, in-flight
-usage rows lost, the lifespan shutdown never ran and the local Ray was orphaned; and an
-operator-supplied admin token was printed on every start."""
+usage rows lost, the lifespan shutdown never ran and the local Ray was orphaned; an
+operator-supplied admin token was printed on every start; and the local Ray listened on
+every interface (findings 4, 11 and 12)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ import httpx
 import pytest
 
 from tests.control_plane.moeserve_process import child_env, free_port, moeserve_run
-from tests.reliability.processes import descendants, running
+from tests.reliability.processes import (
+    descendants,
+    is_loopback,
+    listening_addresses,
+    running,
+)
 
 TOKEN = "dapi-operator-supplied-token-7f3a"
 STREAMS = 6
@@ -98,6 +104,14 @@ def test_sigterm_drains_every_stream_bills_each_once_and_stops_its_ray(tmp_path:
         assert TOKEN not in server.output(), server.output()
         ray_processes = descendants(server.proc.pid)
         assert ray_processes, "no local Ray processes found under moeserve"
+        # Finding 11: its Ray (GCS, raylet, workers, agents, exporters) listens on loopback
+        # only, like the API (--host 127.0.0.1); before the fix, on every interface.
+        listening = listening_addresses(ray_processes | {server.proc.pid})
+        exposed = {str(address): ports for address, ports in listening.items()}
+        assert listening, "found no listening sockets under moeserve"
+        assert all(is_loopback(address) for address in listening), exposed
+        sockets = sum(len(ports) for ports in listening.values())
+        print(f"\n{sockets} listening sockets of {len(ray_processes) + 1} processes: loopback")
 
         url = f"{server.url}/serving-endpoints/databricks-dbrx-tiny/invocations"
         streams = [Stream() for _ in range(STREAMS)]

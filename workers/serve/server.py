@@ -24,6 +24,7 @@ from workers.engine.engine import LLMEngine
 from workers.engine.request import Completion, GenerationRequest, TokenChunk, aggregate
 from workers.model.loading import load_model
 from workers.serve.config import WorkerAppConfig
+from workers.serve.loopback import confine_replica_grpc_server
 from workers.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def _build_core_engine(config: WorkerAppConfig) -> LLMEngine:
 
 class LLMServer:
     def __init__(self, config: WorkerAppConfig, engine_factory: EngineFactory | None = None):
+        confine_replica_grpc_server()  # before Serve starts that server, after this returns
         self.config = config
         self.engine: ServingEngine = (engine_factory or build_async_engine)(config)
         log.info("replica of %s ready", config.name)

@@ -8,14 +8,19 @@ across processes, and it reads the clock with `TIME` on the server, so processes
 clocks differ still agree on every window. Keys expire a second after their window, so idle
 callers leave nothing behind. Needs Redis >= 5 (scripts replicate by effects) and, because
 one script touches several buckets, a single Redis node rather than a cluster.
+
+When Redis cannot be reached, `outage.RedisOutage` decides instead (`ratelimit.
+redis_unavailable`: refuse, or count in this process), logs the outage once and counts it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from prometheus_client import CollectorRegistry
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -29,7 +34,9 @@ from control_plane.query.ratelimit.limiter import (
     Reservation,
     retry_after_s,
 )
+from control_plane.query.ratelimit.outage import RedisOutage
 from control_plane.query.ratelimit.rules import LimitRule
+from control_plane.settings import RedisUnavailable
 
 KEY_PREFIX = "moeserve:rl:"
 _BUCKET_KEYS = ("log", "weights", "total")
@@ -148,11 +155,13 @@ class RedisRateLimiter(RateLimiter):
 
     Nothing connects until the first query. At most `max_connections` connections; a query
     that finds them all busy waits up to `timeout_s` for one (a server under load queues
-    instead of failing). Unreachable Redis raises `RateLimiterUnavailable` after `timeout_s`
-    per try (two quick retries: both scripts are idempotent per request id, so a retried
-    call never counts a query twice)."""
+    instead of failing). Redis counts as unreachable after `timeout_s` per try (two quick
+    retries: both scripts are idempotent per request id, so a retried call never counts a
+    query twice); then `when_unavailable` decides (see `outage`): `RateLimiterUnavailable`
+    (fail_closed) or this process's own counters (fail_open). Outage metrics go to
+    `registry`."""
 
-    wall_clock = True  # admissions are stamped with Redis `TIME`
+    wall_clock = True  # admissions are stamped with Redis `TIME` (the fallback's: Unix time)
 
     def __init__(
         self,
@@ -161,6 +170,9 @@ class RedisRateLimiter(RateLimiter):
         key_prefix: str = KEY_PREFIX,
         timeout_s: float = 1.0,
         max_connections: int = 50,
+        when_unavailable: RedisUnavailable = RedisUnavailable.FAIL_CLOSED,
+        recheck_s: float = 1.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.where = redacted(url)
         self._prefix = key_prefix
@@ -175,35 +187,56 @@ class RedisRateLimiter(RateLimiter):
         self._redis = Redis(connection_pool=pool)
         self._reserve_script = self._redis.register_script(_RESERVE_LUA)
         self._settle_script = self._redis.register_script(_SETTLE_LUA)
+        self.outage = RedisOutage(
+            self.where, when_unavailable, recheck_s=recheck_s, registry=registry
+        )
 
     async def _reserve(
         self, request_id: str, rules: tuple[LimitRule, ...], prompt_tokens: int
     ) -> Reservation:
         buckets, args = _reserve_args(request_id, rules, prompt_tokens)
-        reply = await self._run(self._reserve_script, buckets, args)
+        try:
+            reply = await self._run(self._reserve_script, buckets, args)
+        except RateLimiterUnavailable as exc:
+            return await self.outage.stand_in(exc).reserve(request_id, rules, prompt_tokens)
         if int(reply[0]) == 0:
             raise _refusal(reply, rules)
         return Reservation(request_id, rules, prompt_tokens, float(reply[1]) / 1_000_000)
 
     async def _check(self, rules: tuple[LimitRule, ...], prompt_tokens: int) -> None:
         buckets, args = _reserve_args("", rules, prompt_tokens)  # '': check, record nothing
-        reply = await self._run(self._reserve_script, buckets, args)
+        try:
+            reply = await self._run(self._reserve_script, buckets, args)
+        except RateLimiterUnavailable as exc:
+            await self.outage.stand_in(exc).check(rules, prompt_tokens)
+            return
         if int(reply[0]) == 0:
             raise _refusal(reply, rules)
 
     async def _settle(self, reservation: Reservation, total_tokens: int) -> None:
+        if self.outage.fallback is not None:  # it may have admitted this query
+            await self.outage.fallback.settle(reservation, total_tokens)
         args = [reservation.request_id, total_tokens]
-        await self._run(self._settle_script, reservation.buckets, args)
+        # Unreachable: the query is over, nothing is left to refuse. The outage is logged
+        # (once) and its decisions counted; the query's tokens stay as admitted.
+        with suppress(RateLimiterUnavailable):
+            await self._run(self._settle_script, reservation.buckets, args)
 
     async def close(self) -> None:
+        await self.outage.close()
         await self._redis.aclose(close_connection_pool=True)
 
     async def _run(self, script: AsyncScript, buckets: Sequence[str], args: list[Any]) -> Any:
+        if self.outage.skip_redis():
+            raise self.outage.unavailable()
         keys = [f"{self._prefix}{bucket}:{part}" for bucket in buckets for part in _BUCKET_KEYS]
         try:
-            return await script(keys=keys, args=args)
+            reply = await script(keys=keys, args=args)
         except _UNAVAILABLE as exc:
+            self.outage.failed(exc)
             raise RateLimiterUnavailable(f"Redis at {self.where} is unavailable: {exc}") from exc
+        self.outage.reached()
+        return reply
 
 
 def _reserve_args(

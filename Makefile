@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # first keeps pip from resolving a multi-GB CUDA build for the range in pyproject.toml.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup run test lint typecheck contracts pytest bench fuzz clean
+.PHONY: setup run test lint typecheck contracts pytest bench fuzz helm clean
 
 setup: $(BIN)/.installed
 
@@ -43,6 +43,10 @@ bench: setup
 fuzz: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MOESERVE_FUZZ_EXAMPLES=300 MOESERVE_FUZZ_SEED=random \
 		$(BIN)/pytest -q tests/fuzz --timeout 3600
+
+# The real Helm binary the chart tests run, cached in .cache/helm/ (they fetch it if missing).
+helm: setup
+	$(BIN)/python -m tests.deploy.fetch_helm
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    context = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     address = context.address_info["gcs_address"]  # type: ignore[attr-defined]
     try:
         with tempfile.TemporaryDirectory() as data_dir:

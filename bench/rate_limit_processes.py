@@ -87,7 +87,7 @@ def run(calls: int, duration_s: float, workers: int) -> dict[str, Any]:
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     name = f"rl-{uuid.uuid4().hex[:6]}"
     try:

@@ -21,6 +21,7 @@ from control_plane.api import (
     discovery,
     endpoint_details,
     endpoints,
+    health,
     models,
     permissions,
     prometheus,
@@ -124,6 +125,7 @@ def routers() -> list[APIRouter]:
         billing_estimate.router,
         audit.router,
         discovery.router,
+        health.router,
         prometheus.router,
     ]
 

@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data-dir", type=Path, help="where the default SQLite database lives (default .moeserve)"
     )
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the database schema up to date and exit (what `run` does first; for a "
+        "deployment's migration job)",
+    )
+    migrate.add_argument("--db", help="database URL (default: SQLite in the data dir)")
+    migrate.add_argument("--data-dir", type=Path, help="where the SQLite file lives")
     add_billing_commands(commands)
     return parser
 
@@ -65,7 +72,34 @@ def main(argv: list[str] | None = None) -> int:
         return run(settings_from(args))
     if args.command == "billing":
         return run_billing(args, settings_from(args))
+    if args.command == "migrate":
+        return migrate(settings_from(args))
     return 2
+
+
+def migrate(settings: Settings) -> int:
+    """Bring the schema to the newest revision (under an advisory lock on PostgreSQL, so it
+    is safe beside replicas that are starting) and say where it stands."""
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    from control_plane.db import build_engine, upgrade
+    from control_plane.db.migrate import current_revision
+
+    engine = build_engine(settings.resolved_database_url())
+    where = engine.url.render_as_string(hide_password=True)
+    print(f"moeserve migrate: migrating {where}", flush=True)
+    try:
+        upgrade(engine)
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = str(cause).splitlines()[0]
+        print(f"moeserve migrate: failed, schema unchanged: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"moeserve migrate: {where} is at revision {revision}")
+    return 0
 
 
 def run(settings: Settings) -> int:

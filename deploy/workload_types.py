@@ -1,8 +1,7 @@
 """Serving workload types (Databricks names) as data: the devices one replica spans.
 
-Providers map these to instance types (the per-cloud GPU catalog comes with the cloud
-providers); the local provider runs `CPU` anywhere and GPU types on a Ray cluster that
-has the GPUs.
+The catalog (`deploy.catalog`) maps these to each cloud's instance types; the local
+provider runs `CPU` anywhere and GPU types on a Ray cluster that has the GPUs.
 """
 
 from __future__ import annotations

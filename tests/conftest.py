@@ -19,6 +19,7 @@ def ray_cluster() -> Iterator[None]:
     # groups (sharded replicas) and several small apps can be scheduled side by side.
     # Test modules are importable in Ray workers too (actors defined in tests).
     ray.init(
+        address="local",  # a new instance, never one `ray start` left running on the machine
         num_cpus=8,
         include_dashboard=False,
         log_to_driver=False,

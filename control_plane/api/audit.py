@@ -19,16 +19,15 @@ repeated.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy import and_, or_, select
 
 from control_plane.api.deps import CallerDep, SessionDep
+from control_plane.api.paging import PageCursor
 from control_plane.api.tokens import StorableText
 from control_plane.audit.actions import AuditAction
 from control_plane.audit.events import AuditEvent
@@ -42,10 +41,6 @@ router = APIRouter(prefix="/api/2.0/audit-log", tags=["audit-log"])
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_BAD_TOKEN = (
-    "page_token is not a token this listing returned: pass the previous page's "
-    "next_page_token unchanged, or leave page_token out for the first page"
-)
 
 
 class AuditLogPage(BaseModel):
@@ -58,31 +53,10 @@ class AuditLogPage(BaseModel):
     )
 
 
-class _Cursor(BaseModel):
-    """Where a page ended: the last event's place in the listing's order."""
+class _Cursor(PageCursor):
+    """Where a page ended: the last event's (event_time, event_id)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    t: datetime  # event_time, ISO 8601 with its zone
-    id: str = Field(pattern="^[0-9a-f]{32}$")  # event_id
-
-    def token(self) -> str:
-        return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode().rstrip("=")
-
-    @classmethod
-    def of(cls, token: str) -> _Cursor:
-        """The cursor `token` holds, or a 400 (the token is never echoed)."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            cursor = cls.model_validate_json(raw)
-        except (ValueError, binascii.Error, ValidationError):
-            raise InvalidParameter(_BAD_TOKEN) from None
-        if cursor.t.tzinfo is None:
-            raise InvalidParameter(_BAD_TOKEN)
-        try:  # as stored: UTC (an offset could carry it past year 1 or 9999)
-            return cls(t=cursor.t.astimezone(UTC), id=cursor.id)
-        except (OverflowError, ValueError):
-            raise InvalidParameter(_BAD_TOKEN) from None
+    id: str = Field(pattern="^[0-9a-f]{32}$")
 
 
 Moment = Annotated[

@@ -17,20 +17,18 @@ and lone surrogates, which a JSON column may hold as escapes — is shown as U+F
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy import Text, and_, cast, or_, select
 
 from billing.ledger import EndpointUsage
 from billing.ledger.models import ENDPOINT_NAME_LENGTH, REQUEST_ID_LENGTH
 from control_plane.api.deps import CallerDep, SessionDep
+from control_plane.api.paging import PageCursor
 from control_plane.billing_api.listing import (
     CSV,
     UNSTORABLE,
@@ -41,17 +39,12 @@ from control_plane.billing_api.listing import (
     wants_csv,
 )
 from control_plane.billing_api.schemas import EndpointUsageList, EndpointUsageRow
-from control_plane.errors import InvalidParameter
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
 DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000
 NEXT_PAGE_HEADER = "X-Next-Page-Token"  # CSV pages carry the token here
-_BAD_TOKEN = (
-    "page_token is not a token this listing returned: pass the previous page's "
-    "next_page_token unchanged, or leave page_token out for the first page"
-)
 
 
 class EndpointUsagePage(BaseModel):
@@ -64,28 +57,10 @@ class EndpointUsagePage(BaseModel):
     )
 
 
-class _Cursor(BaseModel):
-    """Where a page ended: the last row's place in the listing's order."""
+class _Cursor(PageCursor):
+    """Where a page ended: the last row's (request_time, databricks_request_id)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    t: datetime  # request_time, ISO 8601 with its zone
-    id: str = Field(min_length=1, max_length=REQUEST_ID_LENGTH)  # databricks_request_id
-
-    def token(self) -> str:
-        return base64.urlsafe_b64encode(self.model_dump_json().encode()).decode().rstrip("=")
-
-    @classmethod
-    def of(cls, token: str) -> _Cursor:
-        """The cursor `token` holds, or a 400 (the token is never echoed)."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            cursor = cls.model_validate_json(raw)
-        except (ValueError, binascii.Error, ValidationError):
-            raise InvalidParameter(_BAD_TOKEN) from None
-        if cursor.t.tzinfo is None or UNSTORABLE.search(cursor.id):
-            raise InvalidParameter(_BAD_TOKEN)
-        return cursor
+    id: str = Field(min_length=1, max_length=REQUEST_ID_LENGTH)
 
 
 PageSize = Annotated[

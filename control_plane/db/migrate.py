@@ -21,6 +21,15 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None: no schema yet)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+        return revision
+
+
 def upgrade(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         url = engine.url.database

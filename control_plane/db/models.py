@@ -159,6 +159,12 @@ class Endpoint(Base):
     tags: Mapped[list[EndpointTag]] = mapped_column(PydanticJson(list[EndpointTag]), default=list)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
+    # Bumped by every write of what the reconciler plans from (config, pending_config,
+    # config_update, update_started_at, deployments): a config update and each stored
+    # reconcile outcome. The reconciler stores an outcome only while the generation it
+    # planned from is current (control_plane.reconciler.loop); tags, AI gateway and rate
+    # limits leave it alone.
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         UniqueConstraint("account_id", "workspace_id", "name"),

@@ -1,15 +1,17 @@
 """Pure capacity decisions: replicas from workload size or provisioned throughput, the
-Serve application name of a served entity, and the worker config it deploys as."""
+Serve application name of a served entity, the worker config it deploys as, and the
+`Workload` a set of entities asks a provider to host."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from control_plane.endpoints.config import ServedEntity
 from control_plane.settings import WorkerDefaults
+from deploy.providers.base import ReplicaGroup, Workload, replica_shape
 from deploy.workload_types import workload_type
 from workers.serve.config import AutoscalingSettings, WorkerAppConfig
 
@@ -86,3 +88,36 @@ def worker_config(
         threads_per_shard=defaults.threads_per_shard,
         environment_vars=environment or {},
     )
+
+
+def hosted_workload(
+    entities: Iterable[ServedEntity], defaults: WorkerDefaults, *, label: str = ""
+) -> Workload:
+    """What the cluster must be able to host for `entities` to serve: each at its minimum
+    replicas, and at least one (a scale-to-zero entity must be able to wake). `label`
+    follows each entity's name in messages."""
+    return Workload(
+        tuple(
+            ReplicaGroup(
+                f"{e.name}{label}",
+                replica_shape(worker_config(e, defaults)),
+                max(e.min_replicas, 1),
+            )
+            for e in entities
+        )
+    )
+
+
+def starting_workload(entities: Iterable[ServedEntity], defaults: WorkerDefaults) -> Workload:
+    """What deploying `entities` starts at once: the minimum replicas of each (Serve starts
+    an autoscaling deployment at its minimum; a scale-to-zero entity starts none)."""
+    return Workload(
+        tuple(
+            ReplicaGroup(e.name, replica_shape(worker_config(e, defaults)), e.min_replicas)
+            for e in entities
+        )
+    )
+
+
+def workload_union(*workloads: Workload) -> Workload:
+    return Workload(tuple(group for workload in workloads for group in workload.groups))

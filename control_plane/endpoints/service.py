@@ -99,6 +99,10 @@ class EndpointService:
 
     def update_config(self, name: str, body: EndpointCoreConfigInput) -> Endpoint:
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
+        # Read again under the row lock (PostgreSQL; SQLite serializes writers anyway): a
+        # concurrent update then waits for this one and sees IN_PROGRESS. The reconciler
+        # never holds this lock across a provider call, so the wait is short.
+        self.session.refresh(endpoint, with_for_update=True)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
             pending = endpoint.pending_config
             rolling = pending.config_version if pending is not None else None
@@ -110,10 +114,18 @@ class EndpointService:
         if endpoint.pending_config is not None:  # a failed update left it; it is replaced
             version = max(version, endpoint.pending_config.config_version + 1)
         endpoint.pending_config = self._normalize(
-            body, endpoint.id, version=version, workspace=endpoint.workspace_id is not None
+            body,
+            endpoint.id,
+            version=version,
+            workspace=endpoint.workspace_id is not None,
+            current=endpoint.config,
         )
         endpoint.config_update = ConfigUpdate.IN_PROGRESS
         endpoint.update_started_at = endpoint.updated_at = utcnow()
+        # A reconcile planned before this update must not store its outcome over it: the
+        # reconciler writes only while the generation it read is current. Incremented in
+        # SQL, so it never repeats a value whatever this session read.
+        endpoint.generation = Endpoint.generation + 1
         return endpoint
 
     def delete(self, name: str) -> None:
@@ -148,6 +160,7 @@ class EndpointService:
         *,
         version: int,
         workspace: bool,
+        current: EndpointConfig | None = None,
     ) -> EndpointConfig:
         workspace_id = self.caller.workspace_id if workspace else None
         return normalize_config(
@@ -161,6 +174,7 @@ class EndpointService:
             check_environment=lambda env: self.environment.check(env, self.caller.workspace_id),
             chunk_size=self.chunk_size,
             defaults=self.defaults,
+            current=current,
         )
 
 

@@ -13,22 +13,24 @@ from typing import Any
 from control_plane.endpoints.capacity import (
     ChunkSize,
     app_name,
+    hosted_workload,
     replicas_for_size,
-    worker_config,
+    workload_union,
 )
 from control_plane.endpoints.config import EndpointConfig, Route, ServedEntity, TrafficConfig
 from control_plane.endpoints.schemas import EndpointCoreConfigInput, ServedEntityInput
 from control_plane.errors import InvalidParameter
 from control_plane.registry import ResolvedModel
 from control_plane.settings import SHARED_PREFIX, WorkerDefaults
+from deploy.providers.base import Workload
 from deploy.workload_types import WORKLOAD_TYPES
-from workers.serve.config import WorkerAppConfig
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}")  # whole names: use fullmatch
 MAX_SERVED_ENTITIES = 10
 
 ModelResolver = Callable[[str, str], ResolvedModel]
-CapacityCheck = Callable[[WorkerAppConfig], None]  # raises ValueError when unsupported
+# The provider's `check_supported`: raises ValueError when the cluster can never host it.
+CapacityCheck = Callable[[Workload], None]
 EnvironmentCheck = Callable[[dict[str, str] | None], None]  # raises InvalidParameter
 
 
@@ -56,7 +58,10 @@ def normalize_config(
     check_environment: EnvironmentCheck,
     defaults: WorkerDefaults,
     chunk_size: ChunkSize,
+    current: EndpointConfig | None = None,
 ) -> EndpointConfig:
+    """`current`: the live config an update replaces (its apps run until the update is
+    done, so they count against the cluster's capacity too)."""
     if config is None:
         raise InvalidParameter("config is required: give config.served_entities")
     entities = config.entities()
@@ -69,9 +74,7 @@ def normalize_config(
     for entity in entities:
         check_environment(entity.environment_vars)
     served = [
-        _normalize_entity(
-            e, endpoint_id, creator, now_ms, resolve_model, check_capacity, defaults, chunk_size
-        )
+        _normalize_entity(e, endpoint_id, creator, now_ms, resolve_model, defaults, chunk_size)
         for e in entities
     ]
     names = [e.name for e in served]
@@ -81,6 +84,7 @@ def normalize_config(
             f"served entity names must be unique; repeated: {', '.join(duplicates)} "
             "(set `name` on each served entity)"
         )
+    _check_capacity(served, current, check_capacity, defaults)
     return EndpointConfig(
         config_version=version,
         served_entities=served,
@@ -95,7 +99,6 @@ def _normalize_entity(
     creator: str,
     now_ms: int,
     resolve_model: ModelResolver,
-    check_capacity: CapacityCheck,
     defaults: WorkerDefaults,
     chunk_size: ChunkSize,
 ) -> ServedEntity:
@@ -125,12 +128,40 @@ def _normalize_entity(
         app_name="",  # derived from the rest, below
         **_capacity(name, entity, model, defaults, chunk_size),
     )
-    normalized = placed.model_copy(update={"app_name": app_name(endpoint_id, placed)})
+    return placed.model_copy(update={"app_name": app_name(endpoint_id, placed)})
+
+
+def _check_capacity(
+    served: list[ServedEntity],
+    current: EndpointConfig | None,
+    check_capacity: CapacityCheck,
+    defaults: WorkerDefaults,
+) -> None:
+    """The whole config must fit the cluster at once: every entity's replicas together.
+    An update rolls: its new apps start beside the live ones, which stop only once every
+    new app runs, so the live apps it replaces count too (an entity whose app the update
+    keeps counts once). What other endpoints hold is not counted: that is a wait, which
+    the entity's state message explains, not a refusal."""
+    workload = hosted_workload(served, defaults)
     try:
-        check_capacity(worker_config(normalized, defaults))
+        check_capacity(workload)
     except ValueError as exc:
-        raise InvalidParameter(f"served entity {name!r}: {exc}") from None
-    return normalized
+        raise InvalidParameter(f"this config cannot be hosted: {exc}") from None
+    kept = {e.app_name for e in served}
+    replaced = [e for e in (current.served_entities if current else []) if e.app_name not in kept]
+    if not replaced:
+        return
+    try:
+        check_capacity(
+            workload_union(workload, hosted_workload(replaced, defaults, label=" (live)"))
+        )
+    except ValueError as exc:
+        raise InvalidParameter(
+            "this config fits on its own, but an update runs it beside the live config until "
+            f"every new served entity is ready, and together they cannot be hosted: {exc}. "
+            "Choose a config that fits beside the live one, or delete the endpoint and "
+            "create it anew with this config"
+        ) from None
 
 
 def _capacity(

@@ -151,10 +151,14 @@ def _roll(
         elif not (status is not None and status.phase == AppPhase.RUNNING):
             all_running = False
             if timed_out:
+                last = state.deployment_state_message
+                stored = endpoint.deployments.states.get(name)
+                if status is None and stored is not None and stored.deployment_state_message:
+                    last = stored.deployment_state_message  # why it was never deployed
                 state = ServedEntityState(
                     deployment=Deployment.FAILED,
                     deployment_state_message=f"not ready after {deployment_timeout_ms / 1000:g}"
-                    f" s (last state: {state.deployment_state_message})",
+                    f" s (last state: {last})",
                 )
                 failed = True
         plan.states[name] = state

@@ -23,10 +23,19 @@ from ray.serve.api import _run
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ApplicationStatus
 
-from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
+from deploy.providers.base import (
+    AppNotFound,
+    AppPhase,
+    AppSpec,
+    AppStatus,
+    ReplicaGroup,
+    UnsupportedCapacity,
+    Workload,
+    replica_shape,
+)
+from deploy.providers.ray_capacity import never_fits, node_capacity, waiting_for
 from deploy.providers.serve_details import AppView
 from workers.serve.app import build_app
-from workers.serve.config import WorkerAppConfig
 from workers.serve.server import EngineFactory
 
 LOG_TAIL_LINES = 200
@@ -78,7 +87,9 @@ class LocalRayProvider:
                 return
             if not ray.is_initialized():
                 init_args: dict[str, Any] = {
-                    "address": self.address,
+                    # No address: a new local instance, never a cluster that `ray start`
+                    # left on this machine (which a bare `ray.init()` would join).
+                    "address": self.address or "local",
                     "namespace": self.namespace,
                     "include_dashboard": False,
                     "log_to_driver": False,
@@ -102,22 +113,19 @@ class LocalRayProvider:
 
     # -- capacity --------------------------------------------------------------------------
 
-    def check_supported(self, worker: WorkerAppConfig) -> None:
-        if worker.device != "cuda":
-            return  # CPU replicas run anywhere Ray has CPUs
+    def check_supported(self, workload: Workload) -> None:
+        """Refuse what this cluster can never host (`ray_capacity.never_fits`): what other
+        applications hold now does not count here; `shortfall` tells that."""
         self._require_started()
-        needed = worker.shards  # one GPU per shard, all on one node (STRICT_PACK)
-        per_node = [
-            float(node.get("Resources", {}).get("GPU", 0)) for node in ray.nodes() if node["Alive"]
-        ]
-        largest = int(max(per_node, default=0))
-        if largest < needed:
-            cluster = f"the Ray cluster at {self.address}" if self.address else "the local Ray"
-            raise UnsupportedCapacity(
-                f"workload needs {needed} GPUs per replica on one node; {cluster} has "
-                f"{largest} on its largest node ({int(sum(per_node))} in all); "
-                "use workload_type CPU or attach a GPU cluster with --ray-address"
-            )
+        nodes = [node_capacity(node["Resources"]) for node in ray.nodes() if node["Alive"]]
+        cluster = f"the Ray cluster at {self.address}" if self.address else "the local Ray"
+        problem = never_fits(workload, nodes, cluster)
+        if problem is not None:
+            raise UnsupportedCapacity(problem)
+
+    def shortfall(self, workload: Workload) -> str | None:
+        self._require_started()
+        return waiting_for(workload, _free_per_node(), node_capacity(ray.cluster_resources()))
 
     # -- applications ----------------------------------------------------------------------
 
@@ -126,7 +134,9 @@ class LocalRayProvider:
             current = self.status(spec.name)
             if current is not None and current.phase not in (AppPhase.DELETING, AppPhase.FAILED):
                 return  # the name encodes the config: nothing to change
-            self.check_supported(spec.worker)
+            self.check_supported(
+                Workload((ReplicaGroup(spec.name, replica_shape(spec.worker), 1),))
+            )
             with self._lock:
                 self._handles.pop(spec.name, None)
             _run(
@@ -255,6 +265,16 @@ def _status_message(app: AppView) -> str:
         if deployment.message
     ]
     return " ".join(parts)
+
+
+def _free_per_node() -> list[dict[str, float]]:
+    """What each node has free now. Ray has no public per-node view; without this one the
+    cluster's free total stands for one node."""
+    try:
+        per_node = ray._private.state.available_resources_per_node()
+    except AttributeError:
+        return [node_capacity(ray.available_resources())]
+    return [node_capacity(resources) for resources in per_node.values()]
 
 
 def _local_logs_dir() -> Path | None:

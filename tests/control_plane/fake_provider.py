@@ -8,8 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from deploy.providers.base import AppPhase, AppSpec, AppStatus, UnsupportedCapacity
-from workers.serve.config import WorkerAppConfig
+from deploy.providers.base import AppPhase, AppSpec, AppStatus, UnsupportedCapacity, Workload
 
 
 class InstantProvider:
@@ -29,9 +28,15 @@ class InstantProvider:
     def stop(self) -> None:
         pass
 
-    def check_supported(self, worker: WorkerAppConfig) -> None:
-        if worker.device == "cuda":
-            raise UnsupportedCapacity("workload needs GPUs; this test cluster has none")
+    def check_supported(self, workload: Workload) -> None:
+        for group in workload.groups:
+            if group.shape.gpus:
+                raise UnsupportedCapacity(
+                    f"served entity {group.name!r} needs GPUs; this test cluster has none"
+                )
+
+    def shortfall(self, workload: Workload) -> str | None:
+        return None  # room for every CPU workload
 
     def deploy(self, spec: AppSpec) -> None:
         with self._lock:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from control_plane.endpoints.config import EndpointConfig, ServedEntity
-from control_plane.endpoints.states import ConfigUpdate, Deployment, Deployments, Ready
+from control_plane.endpoints.states import (
+    ConfigUpdate,
+    Deployment,
+    Deployments,
+    Ready,
+    ServedEntityState,
+)
 from control_plane.reconciler.plan import EndpointSnapshot, plan_endpoint
 from deploy.providers.base import AppPhase, AppStatus
 from tests.control_plane.domain_factories import endpoint_config, served_entity
@@ -107,6 +113,25 @@ def test_update_that_is_not_ready_in_time_fails_with_a_message() -> None:
     result = plan(endpoint, {"a": deploying}, now=NOW + TIMEOUT + 1)
     assert result.config_update == ConfigUpdate.UPDATE_FAILED and result.ready == Ready.NOT_READY
     assert "not ready after 60 s" in result.deployments.state("a").deployment_state_message
+
+
+def test_update_never_deployed_in_time_fails_with_the_reason_it_waited() -> None:
+    waiting = "waiting for 2 CPUs: 0.5 of 8 free"  # what the reconciler stored last tick
+    endpoint = snapshot(
+        pending_config=config(entity("a")),
+        config_update=ConfigUpdate.IN_PROGRESS,
+        deployments=Deployments(
+            states={
+                "a": ServedEntityState(
+                    deployment=Deployment.CREATING, deployment_state_message=waiting
+                )
+            }
+        ),
+    )
+    result = plan(endpoint, {}, now=NOW + TIMEOUT + 1)
+    assert result.config_update == ConfigUpdate.UPDATE_FAILED and not result.deploy
+    message = result.deployments.state("a").deployment_state_message
+    assert message == f"not ready after 60 s (last state: {waiting})"
 
 
 def test_live_app_that_vanished_is_redeployed_and_endpoint_not_ready_meanwhile() -> None:

@@ -11,7 +11,17 @@ from dataclasses import dataclass
 import pytest
 import ray
 
-from deploy.providers.base import AppNotFound, AppPhase, AppSpec, AppStatus, UnsupportedCapacity
+from deploy.providers.base import (
+    AppNotFound,
+    AppPhase,
+    AppSpec,
+    AppStatus,
+    ReplicaGroup,
+    UnsupportedCapacity,
+    Workload,
+    amount,
+    replica_shape,
+)
 from deploy.providers.local import LOG_TAIL_LINES, LocalRayProvider, summarize_failure
 from workers.engine.config import EngineConfig
 from workers.engine.request import TokenChunk
@@ -178,19 +188,30 @@ def test_delete_removes_an_app_and_ignores_missing_names(provider: LocalRayProvi
     provider.delete(f"{PREFIX}never-deployed")
 
 
+def replicas_of(config: WorkerAppConfig, replicas: int = 1) -> Workload:
+    return Workload((ReplicaGroup("e", replica_shape(config), replicas),))
+
+
 def test_check_supported_rejects_more_gpus_than_one_node_has(provider: LocalRayProvider) -> None:
     largest_node_gpus = int(max(node["Resources"].get("GPU", 0) for node in ray.nodes()))
     needed = largest_node_gpus + 1
     cuda = worker(device="cuda", shards=needed)
-    with pytest.raises(UnsupportedCapacity, match=f"needs {needed} GPUs") as rejected:
-        provider.check_supported(cuda)
-    assert f"has {largest_node_gpus} on its largest node" in str(rejected.value)
-    assert "workload_type CPU" in str(rejected.value) and "--ray-address" in str(rejected.value)
+    with pytest.raises(UnsupportedCapacity, match=f"needs {amount('GPU', needed)} on one") as no:
+        provider.check_supported(replicas_of(cuda))
+    assert f"has {amount('GPU', largest_node_gpus)} on its largest node" in str(no.value)
+    assert "workload_type CPU" in str(no.value) and "--ray-address" in str(no.value)
     # deploy checks first: nothing reaches Serve.
     with pytest.raises(UnsupportedCapacity):
         provider.deploy(AppSpec(f"{PREFIX}cuda", cuda))
     assert provider.status(f"{PREFIX}cuda") is None
-    provider.check_supported(worker())  # CPU replicas are always fine
+
+
+def test_check_supported_counts_cpus_of_every_replica(provider: LocalRayProvider) -> None:
+    cpus = int(ray.cluster_resources()["CPU"])
+    provider.check_supported(replicas_of(worker(), replicas=cpus))  # exactly the cluster
+    with pytest.raises(UnsupportedCapacity, match=f"need {cpus + 1} CPUs together") as no:
+        provider.check_supported(replicas_of(worker(), replicas=cpus + 1))
+    assert f"has {cpus} CPUs in all" in str(no.value)
 
 
 def test_logs_are_the_replica_log_lines(

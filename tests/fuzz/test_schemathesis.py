@@ -23,13 +23,12 @@ from typing import Any
 
 import pytest
 
-from deploy.providers.base import AppNotFound, AppSpec, AppStatus
+from deploy.providers.base import AppNotFound, AppSpec, AppStatus, Workload
 from deploy.providers.local import LocalRayProvider
 from tests.control_plane.conftest import ADMIN_TOKEN, live_server, make_settings
 from tests.control_plane.fake_provider import InstantProvider
 from tests.control_plane.query_fixtures import create_endpoint
 from tests.control_plane.test_tenancy import new_user, new_workspace
-from workers.serve.config import WorkerAppConfig
 from workers.testing.instant import instant_engine_factory
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")
@@ -88,8 +87,11 @@ class FixtureAppsOnRay:
     def stop(self) -> None:
         self.ray.stop()
 
-    def check_supported(self, worker: WorkerAppConfig) -> None:
-        self.ray.check_supported(worker)
+    def check_supported(self, workload: Workload) -> None:
+        self.ray.check_supported(workload)
+
+    def shortfall(self, workload: Workload) -> str | None:
+        return None if self.fuzzing else self.ray.shortfall(workload)
 
     def deploy(self, spec: AppSpec) -> None:
         if not self.fuzzing:

@@ -86,6 +86,14 @@ class GatewaySettings(BaseModel):
         description="a running replica that yields nothing for this long counts as failed "
         "(fallback may retry elsewhere)",
     )
+    stream_idle_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="after the first token, a replica that sends nothing for this long is "
+        "taken as stuck (frozen, not dead: a dead one is noticed at once): the stream ends "
+        "with an error event, its tokens so far are billed, and the next query gets a fresh "
+        "handle",
+    )
     max_queued_requests: int = Field(
         default=64,
         ge=0,

@@ -300,19 +300,30 @@ class Replicas:
     async def _rest(
         self, entity: Entity, generator: DeploymentResponseGenerator, total_s: float
     ) -> AsyncGenerator[TokenChunk, None]:
-        """The remaining chunks; the deadline bounds each wait (never spans a `yield`, so
-        a slow client is not mistaken for a slow replica)."""
-        deadline = asyncio.get_running_loop().time() + total_s
+        """The remaining chunks. Two bounds limit each wait (never a `yield`, so a slow
+        client is not mistaken for a slow replica): the whole answer's deadline, and
+        `gateway.stream_idle_timeout_s` between two chunks (a replica frozen rather than
+        dead would otherwise hold the stream until the deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + total_s
+        idle_s = self._settings.gateway.stream_idle_timeout_s
         finished = False
         try:
             while True:
+                stalled_at = loop.time() + idle_s
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(min(deadline, stalled_at)):
                         chunk: TokenChunk = await generator.__anext__()
                 except StopAsyncIteration:
                     finished = True
                     return
                 except TimeoutError as exc:
+                    if stalled_at < deadline:
+                        self._on_failure(entity, exc)
+                        raise ReplicaFailed(
+                            f"served entity {entity.name!r} sent nothing for {idle_s:g} s "
+                            "mid-answer; the answer is incomplete"
+                        ) from exc
                     raise ReplicaFailed(
                         f"served entity {entity.name!r} did not finish within {total_s:.0f} s"
                     ) from exc

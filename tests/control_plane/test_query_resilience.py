@@ -23,6 +23,7 @@ from tests.control_plane.query_fixtures import create_endpoint, instant_ray_serv
 
 SUFFIX = uuid.uuid4().hex[:6]
 MAX_ONGOING = 2  # per replica; with no gateway queue, 2 requests per entity at a time
+STREAM_IDLE_S = 1.5  # gateway.stream_idle_timeout_s here
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -36,6 +37,7 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             max_queued_requests=0,
             scale_from_zero_timeout_s=3,
             first_token_timeout_s=10,
+            stream_idle_timeout_s=STREAM_IDLE_S,
             wake_retry_after_s=7,
             lookup_cache_ttl_s=0,
         ),
@@ -198,3 +200,31 @@ def test_error_after_the_first_byte_is_an_error_chunk(server: LiveServer) -> Non
     assert set(events[-1]) == {"error"} and "injected failure" in events[-1]["error"]["message"]
     [row] = usage_rows(server, name)
     assert (row["status_code"], row["output_token_count"]) == (500, 2)  # billed what was sent
+
+
+def test_a_replica_silent_mid_stream_ends_the_stream_with_an_error_event(
+    server: LiveServer,
+) -> None:
+    """A replica frozen rather than dead sends nothing more: after
+    `gateway.stream_idle_timeout_s` the stream ends with an error event and the token it
+    did send is billed (before: the stream hung until the whole answer's deadline)."""
+    name = f"stalled-{SUFFIX}"
+    with server.client() as http:
+        create_endpoint(http, name, [_entity("stuck", MOESERVE_INSTANT_TOKEN_DELAY_S="4")])
+        with http.stream(
+            "POST",
+            f"/serving-endpoints/{name}/invocations",
+            json={"messages": HI, "max_tokens": 3, "stream": True},
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            events = [json.loads(next(line for line in lines if line.startswith("data: {"))[6:])]
+            first_at = time.monotonic()
+            events += [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+            ended_after = time.monotonic() - first_at
+    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == [" tok1000"]
+    assert set(events[-1]) == {"error"}, events[-1]
+    assert f"sent nothing for {STREAM_IDLE_S:g} s" in events[-1]["error"]["message"]
+    assert STREAM_IDLE_S - 0.2 < ended_after < 4 - 0.2  # before the next token would come
+    [row] = usage_rows(server, name)
+    assert (row["status_code"], row["output_token_count"]) == (500, 1)

@@ -54,9 +54,36 @@ ProviderFactory = Callable[[Settings], Provider]
 
 
 def local_provider(settings: Settings) -> Provider:
+    """The Ray cluster (local, or the one at `ray_address`); with clouds configured, wrapped
+    so cloud workspaces' endpoints bring their own node groups."""
     from deploy.providers.local import LocalRayProvider
 
-    return LocalRayProvider(address=settings.ray_address, num_cpus=settings.ray_num_cpus)
+    cluster = LocalRayProvider(address=settings.ray_address, num_cpus=settings.ray_num_cpus)
+    if not settings.clouds.configured():
+        return cluster
+    return cloud_provider(settings, cluster)
+
+
+def cloud_provider(settings: Settings, cluster: Provider) -> Provider:
+    from deploy.providers.cloud import CloudOptions, CloudProvider
+
+    clouds = settings.clouds
+    return CloudProvider(
+        cluster,
+        clouds.node_groups(),
+        CloudOptions(
+            installation_id=clouds.installation_id,
+            worker_image=clouds.worker_image,
+            head_address=clouds.head_address or _attached_gcs_address,
+            sync_interval_s=clouds.sync_interval_s,
+        ),
+    )
+
+
+def _attached_gcs_address() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
 
 
 def create_app(settings: Settings, provider_factory: ProviderFactory | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.settings import BillingSettings, Cloud
+from control_plane.cloud_settings import CloudSettings
 from control_plane.endpoints.config import Task
 from workers.engine.config import EngineConfig
 
@@ -278,7 +279,12 @@ class Settings(BaseSettings):
     account_name: str = "moeserve"
     workspace_name: str = "default"
     admin_user_name: str = "admin"
-    cloud: Cloud = "local"
+    cloud: Cloud = Field(
+        default="local",
+        description="the cloud new workspaces live in unless created with another one "
+        "(its region: billing.region); aws, gcp or azure must be configured under clouds",
+    )
+    clouds: CloudSettings = Field(default_factory=CloudSettings)
     shared_endpoints: list[SharedEndpoint] = Field(
         default_factory=lambda: [
             SharedEndpoint(name="databricks-dbrx-tiny", entity_name="dbrx-tiny"),
@@ -352,6 +358,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"billing.region {self.billing_region()!r} is a {found.cloud} region; "
                 f"this installation's cloud is {self.cloud!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cloud_is_configured(self) -> Settings:
+        if self.cloud != "local" and self.cloud not in self.clouds.configured():
+            raise ValueError(
+                f"cloud {self.cloud!r}: configure it under clouds.{self.cloud} (where its node "
+                "groups run), or keep cloud 'local' and create cloud workspaces explicitly"
             )
         return self
 

@@ -31,6 +31,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from billing.invoicing.models import Invoice, InvoicedRecord, InvoiceLine, invoice_id_for
+from billing.placements import load_placements
 from billing.pricing import line_amount
 from billing.records import UsageRecord
 from billing.skus import region_class
@@ -110,10 +111,11 @@ def close_period(
             f"(now is {now.isoformat()})"
         )
     card = rate_cards.at(start)
-    dollars_per_dbu = card.dollars_per_dbu(cloud, region_class(region), tier)
     rate_card_version = getattr(card, "version", None)
     currency = (currency or getattr(card, "currency_code", None) or "usd").lower()
     with Session(engine, expire_on_commit=False) as session, session.begin():
+        # Each workspace is priced where it lives (its cloud and region class).
+        placements = load_placements(session.connection(), cloud, region)
         invoices = {
             invoice.workspace_id: invoice
             for invoice in session.scalars(select(Invoice).where(Invoice.period == period))
@@ -121,6 +123,8 @@ def close_period(
         for workspace_id, usage in sorted(_usage(session, end).items()):
             if workspace_id in invoices:
                 continue
+            where_cloud, where_region = placements.of(workspace_id)
+            dollars_per_dbu = card.dollars_per_dbu(where_cloud, region_class(where_region), tier)
             invoice = _build_invoice(workspace_id, usage, period, dollars_per_dbu, currency, now)
             invoice.rate_card_version = rate_card_version and str(rate_card_version)
             invoice.status = "draft" if on_invoice is not None else "open"

@@ -74,7 +74,7 @@ def _key(
         interval.workspace_id,
         interval.endpoint_id,
         interval.served_entity_name,
-        sku_name(ctx.tier, ctx.region, launch=launch),
+        sku_name(ctx.tier, ctx.where(interval.workspace_id)[1], launch=launch),
         usage_type,
         hour,
     )

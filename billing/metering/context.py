@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from billing.placements import Placements
 from billing.ratecard import RateCards
 
 
@@ -17,3 +18,12 @@ class MeteringContext:
     region: str
     tier: str
     rate_cards: RateCards
+    # Workspaces placed in another cloud or region than the installation's (their SKUs and
+    # records follow them); loaded at the start of each run (`with_placements`).
+    placements: Placements | None = field(default=None)
+
+    def where(self, workspace_id: str | None) -> tuple[str, str]:
+        """The cloud and region `workspace_id`'s usage is metered under."""
+        if self.placements is None:
+            return self.cloud, self.region
+        return self.placements.of(workspace_id)

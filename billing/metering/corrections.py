@@ -20,6 +20,7 @@ the same ids, and inserts use ON CONFLICT DO NOTHING, so nothing is ever written
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -105,19 +106,21 @@ def plan_records(
     measured: Measures,
     stored: dict[RecordKey, StoredKey],
     *,
-    cloud: str,
+    cloud: str | Callable[[str | None], str],
     now: datetime,
     tags: dict[str, dict[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The records to insert (as `usage_records` rows) so every key's net equals its
     measure; keys in neither map are untouched. Deterministic order: by key."""
+    cloud_of = cloud if callable(cloud) else (lambda _workspace: cloud)
     planned: list[dict[str, Any]] = []
     for key in sorted(measured.keys() | stored.keys(), key=_sort_key):
         measure, records = measured.get(key), stored.get(key)
         if records is None:
             assert measure is not None
             custom = (tags or {}).get(key.endpoint_id, {})
-            planned.append(_record(key, measure, ORIGINAL, 0, cloud=cloud, now=now, tags=custom))
+            where = cloud_of(key.workspace_id)
+            planned.append(_record(key, measure, ORIGINAL, 0, cloud=where, now=now, tags=custom))
             continue
         effective = records.effective()
         if measure is None:
@@ -132,7 +135,15 @@ def plan_records(
         planned.append(_retraction(key, effective, sequence, now=now))
         custom = (tags or {}).get(key.endpoint_id, {})
         planned.append(
-            _record(key, measure, RESTATEMENT, sequence, cloud=cloud, now=now, tags=custom)
+            _record(
+                key,
+                measure,
+                RESTATEMENT,
+                sequence,
+                cloud=cloud_of(key.workspace_id),
+                now=now,
+                tags=custom,
+            )
         )
     return planned
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,7 @@ from billing.metering.hours import hour_floor
 from billing.metering.measures import Measures, add
 from billing.metering.timeline import intervals_overlapping
 from billing.metering.tokens import measure_tokens
+from billing.placements import load_placements
 from billing.tags import tags_of
 
 DEFAULT_LOOKBACK = timedelta(days=2)
@@ -111,11 +112,16 @@ def measure_window(
 def plan_window(
     connection: Connection, ctx: MeteringContext, start: datetime, end: datetime, now: datetime
 ) -> list[dict[str, Any]]:
-    """The records a run at `now` inserts for the hours in [start, end)."""
+    """The records a run at `now` inserts for the hours in [start, end). Each workspace's
+    records name the SKUs and cloud of where it lives (read once per run)."""
+    if ctx.placements is None:
+        ctx = replace(ctx, placements=load_placements(connection, ctx.cloud, ctx.region))
     measured = measure_window(connection, ctx, start, end, now)
     stored = stored_keys(connection, start, end)
     tags = tags_of(connection, {key.endpoint_id for key in measured.keys() | stored.keys()})
-    return plan_records(measured, stored, cloud=ctx.cloud, now=now, tags=tags)
+    return plan_records(
+        measured, stored, cloud=lambda workspace: ctx.where(workspace)[0], now=now, tags=tags
+    )
 
 
 def _write(connection: Connection, records: list[dict[str, Any]]) -> None:

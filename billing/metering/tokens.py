@@ -75,7 +75,6 @@ def measure_tokens(
             hour,
         )
     )
-    sku = sku_name(ctx.tier, ctx.region)
     measures: Measures = {}
     for row in connection.execute(query):
         card = ctx.rate_cards.at(row.hour)
@@ -89,7 +88,7 @@ def measure_tokens(
             row.workspace_id,
             row.endpoint_id,
             row.served_entity_id,
-            sku,
+            sku_name(ctx.tier, ctx.where(row.workspace_id)[1]),
             TOKEN,
             row.hour,
         )

@@ -11,8 +11,10 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from control_plane.auth import Caller, authenticate
+from control_plane.db.models import Workspace
 from control_plane.endpoints.environment import EnvironmentPolicy
 from control_plane.endpoints.service import EndpointService
+from control_plane.placement import stored_placement
 from control_plane.state import ControlPlane
 
 
@@ -53,6 +55,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 def get_endpoints(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> EndpointService:
+    workspace = session.get(Workspace, caller.workspace_id)
     return EndpointService(
         session,
         caller,
@@ -60,6 +63,9 @@ def get_endpoints(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> En
         plane.check_capacity,
         plane.chunk_size,
         EnvironmentPolicy(plane.settings.environment),
+        None
+        if workspace is None
+        else stored_placement(workspace.cloud, workspace.region, plane.settings),
     )
 
 

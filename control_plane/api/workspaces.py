@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from billing.settings import Cloud
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.api.tokens import StorableText
 from control_plane.auth import Caller, issue_token
@@ -18,6 +19,8 @@ from control_plane.auth.tokens import IssuedToken, expiry, minter_expiry
 from control_plane.db.models import GroupMember, Principal, Workspace
 from control_plane.errors import AlreadyExists, InvalidParameter, NotFound, PermissionDenied
 from control_plane.ids import new_workspace_id, utcnow
+from control_plane.placement import chosen_placement, stored_placement
+from control_plane.settings import Settings
 
 router = APIRouter(prefix="/api/2.0/workspaces", tags=["workspaces"])
 PrincipalName = Field(min_length=1, max_length=255)
@@ -26,6 +29,18 @@ PrincipalName = Field(min_length=1, max_length=255)
 class CreateWorkspace(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(min_length=1, max_length=255)
+    cloud: Cloud | None = Field(
+        default=None,
+        description="where its endpoints run and which SKUs bill it: local, or a cloud "
+        "configured under clouds; default: the installation's cloud. Fixed once created",
+    )
+    region: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[a-z0-9-]+$",
+        description="a region of that cloud; default: billing.region for the installation's "
+        "cloud, else the cloud's default region",
+    )
 
 
 class CreateUser(BaseModel):
@@ -49,6 +64,15 @@ class CreateGroup(BaseModel):
 class WorkspacePublic(BaseModel):
     workspace_id: str
     name: str
+    cloud: Cloud
+    region: str
+
+    @classmethod
+    def of(cls, workspace: Workspace, settings: Settings) -> WorkspacePublic:
+        where = stored_placement(workspace.cloud, workspace.region, settings)
+        return cls(
+            workspace_id=workspace.id, name=workspace.name, cloud=where.cloud, region=where.region
+        )
 
 
 class WorkspaceList(BaseModel):
@@ -95,27 +119,33 @@ def _workspace_for_admin(session: Session, caller: Caller, workspace_id: str) ->
 
 @router.post("", response_model=WorkspacePublic)
 def create_workspace(
-    body: CreateWorkspace, session: SessionDep, caller: CallerDep
+    body: CreateWorkspace, session: SessionDep, caller: CallerDep, plane: PlaneDep
 ) -> WorkspacePublic:
     _require_account_admin(caller)
+    where = chosen_placement(body.cloud, body.region, plane.settings)
     workspace = Workspace(
-        id=new_workspace_id(), account_id=caller.account_id, name=body.name, created_at=utcnow()
+        id=new_workspace_id(),
+        account_id=caller.account_id,
+        name=body.name,
+        created_at=utcnow(),
+        cloud=where.cloud,
+        region=where.region,
     )
     session.add(workspace)
     try:
         session.commit()
     except IntegrityError:
         raise AlreadyExists(f"workspace {body.name!r} already exists") from None
-    return WorkspacePublic(workspace_id=workspace.id, name=workspace.name)
+    return WorkspacePublic.of(workspace, plane.settings)
 
 
 @router.get("", response_model=WorkspaceList)
-def list_workspaces(session: SessionDep, caller: CallerDep) -> WorkspaceList:
+def list_workspaces(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> WorkspaceList:
     _require_account_admin(caller)
     rows = session.scalars(
         select(Workspace).where(Workspace.account_id == caller.account_id).order_by(Workspace.name)
     ).all()
-    return WorkspaceList(workspaces=[WorkspacePublic(workspace_id=w.id, name=w.name) for w in rows])
+    return WorkspaceList(workspaces=[WorkspacePublic.of(w, plane.settings) for w in rows])
 
 
 def _add_principal(

@@ -23,9 +23,11 @@ from billing.skus import region_class
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.billing_api.listing import Scope, billing_scope, plain_filter, time_range
 from control_plane.billing_api.schemas import ActualCost, AlternativeCost, Estimate, Traffic
-from control_plane.db.models import Endpoint
+from control_plane.db.models import Endpoint, Workspace
 from control_plane.errors import InvalidParameter, NotFound
 from control_plane.ids import utcnow
+from control_plane.placement import WorkspacePlacement, stored_placement
+from control_plane.settings import Settings
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
@@ -74,10 +76,9 @@ def estimate(
     records += live_records(session, context, utcnow(), filters)
     actual = sum((r.usage_quantity for r in records), Decimal(0))
     provisioned = any(r.usage_type == "COMPUTE_TIME" for r in records)
+    where = _placement(session, endpoint.workspace_id, plane.settings)
     price = card.dollars_per_dbu(
-        plane.settings.cloud,
-        region_class(plane.settings.billing_region()),
-        plane.settings.billing.tier,
+        where.cloud, region_class(where.region), plane.settings.billing.tier
     )
     other_dbu = comparison.pay_per_token_dbu if provisioned else comparison.provisioned_dbu
 
@@ -144,3 +145,13 @@ def _stored(session: Session, scope: Scope, start: datetime, end: datetime) -> l
             )
         )
     )
+
+
+def _placement(
+    session: Session, workspace_id: str | None, settings: Settings
+) -> WorkspacePlacement:
+    """Where the endpoint's workspace lives (its $/DBU); the installation's for a shared one."""
+    workspace = None if workspace_id is None else session.get(Workspace, workspace_id)
+    if workspace is None:
+        return stored_placement(None, None, settings)
+    return stored_placement(workspace.cloud, workspace.region, settings)

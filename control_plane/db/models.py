@@ -35,6 +35,10 @@ class Workspace(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     name: Mapped[Name]
     created_at: Mapped[Timestamp]
+    # Where its endpoints run and which SKUs it is billed under; NULL: the installation's
+    # `cloud` and `billing.region` (control_plane.placement.workspace_placement).
+    cloud: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    region: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (UniqueConstraint("account_id", "name"),)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from control_plane.endpoints.config import ServedEntity
 from control_plane.settings import WorkerDefaults
 from deploy.providers.base import ReplicaGroup, Workload, replica_shape
+from deploy.providers.placement import Placement
 from deploy.workload_types import workload_type
 from workers.serve.config import AutoscalingSettings, WorkerAppConfig
 
@@ -54,6 +55,8 @@ def app_name(endpoint_id: str, entity: ServedEntity) -> str:
         "scale_to_zero_enabled": entity.scale_to_zero_enabled,
         "environment_vars": entity.environment_vars,
     }
+    if entity.placement is not None:  # absent otherwise: app names of older configs stay
+        spec["placement"] = entity.placement.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return f"{endpoint_app_prefix(endpoint_id)}{entity.name}-{digest}"
 
@@ -90,8 +93,16 @@ def worker_config(
     )
 
 
+# Where an entity runs: its cloud placement, or None for the cluster as it is.
+PlacementOf = Callable[[ServedEntity], Placement | None]
+
+
 def hosted_workload(
-    entities: Iterable[ServedEntity], defaults: WorkerDefaults, *, label: str = ""
+    entities: Iterable[ServedEntity],
+    defaults: WorkerDefaults,
+    *,
+    label: str = "",
+    placement_of: PlacementOf | None = None,
 ) -> Workload:
     """What the cluster must be able to host for `entities` to serve: each at its minimum
     replicas, and at least one (a scale-to-zero entity must be able to wake). `label`
@@ -102,18 +113,28 @@ def hosted_workload(
                 f"{e.name}{label}",
                 replica_shape(worker_config(e, defaults)),
                 max(e.min_replicas, 1),
+                None if placement_of is None else placement_of(e),
             )
             for e in entities
         )
     )
 
 
-def starting_workload(entities: Iterable[ServedEntity], defaults: WorkerDefaults) -> Workload:
+def starting_workload(
+    entities: Iterable[ServedEntity],
+    defaults: WorkerDefaults,
+    placement_of: PlacementOf | None = None,
+) -> Workload:
     """What deploying `entities` starts at once: the minimum replicas of each (Serve starts
     an autoscaling deployment at its minimum; a scale-to-zero entity starts none)."""
     return Workload(
         tuple(
-            ReplicaGroup(e.name, replica_shape(worker_config(e, defaults)), e.min_replicas)
+            ReplicaGroup(
+                e.name,
+                replica_shape(worker_config(e, defaults)),
+                e.min_replicas,
+                None if placement_of is None else placement_of(e),
+            )
             for e in entities
         )
     )

@@ -10,10 +10,11 @@ management API (`endpoints.public` chooses what is).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deploy.providers.placement import MAX_FALLBACKS
 from workers.model.source import ModelSource
 
 WorkloadSize = Literal["Small", "Medium", "Large"]
@@ -34,6 +35,22 @@ class EndpointTag(BaseModel):
     value: str | None = Field(default=None, max_length=255)
 
 
+class EntityPlacement(BaseModel):
+    """moeserve's extension to a served entity (not a Databricks field): where its node
+    group may fall back to when the cloud refuses capacity or quota. Ignored in a `local`
+    workspace. Regions after the workspace's own, and instance types pinned in the order to
+    try (none: the catalog's cheapest fitting shape, then the next cheapest, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fallback_regions: tuple[Annotated[str, Field(pattern=r"^[a-z0-9-]{2,32}$")], ...] = Field(
+        default=(), max_length=MAX_FALLBACKS
+    )
+    instance_types: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{2,64}$")], ...] = Field(
+        default=(), max_length=MAX_FALLBACKS
+    )
+
+
 class ServedEntity(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -48,6 +65,7 @@ class ServedEntity(BaseModel):
     creation_timestamp: int = Field(description="epoch milliseconds")
     min_provisioned_throughput: int | None = None
     max_provisioned_throughput: int | None = None
+    placement: EntityPlacement | None = None
     # internal: how the entity is served
     model_family: str = Field(description="internal: dbrx | mixtral (prices the usage)")
     model_source: ModelSource = Field(description="internal: the weights a replica loads")

@@ -16,6 +16,7 @@ from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.config import (
     EndpointConfig,
     EndpointTag,
+    EntityPlacement,
     ServedEntity,
     TrafficConfig,
     WorkloadSize,
@@ -40,6 +41,7 @@ class ServedEntityPublic(BaseModel):
     creation_timestamp: int
     min_provisioned_throughput: int | None = None
     max_provisioned_throughput: int | None = None
+    placement: EntityPlacement | None = None
     state: ServedEntityState
 
     @classmethod

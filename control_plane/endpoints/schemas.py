@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
-from control_plane.endpoints.config import EndpointTag, Task, WorkloadSize
+from control_plane.endpoints.config import EndpointTag, EntityPlacement, Task, WorkloadSize
 
 
 class _Input(BaseModel):
@@ -30,6 +30,9 @@ class ServedEntityInput(_Input):
     min_provisioned_throughput: int | None = Field(default=None, ge=0)
     max_provisioned_throughput: int | None = Field(default=None, ge=0)
     environment_vars: dict[str, str] | None = None
+    placement: EntityPlacement | None = Field(
+        default=None, description="moeserve extension: fallback regions and instance types"
+    )
 
 
 class ServedModelInput(_Input):

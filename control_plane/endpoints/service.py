@@ -18,7 +18,7 @@ from control_plane.auth import Caller, Level
 from control_plane.db.models import Endpoint, EndpointPermission
 from control_plane.endpoints import lookup
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
-from control_plane.endpoints.capacity import ChunkSize
+from control_plane.endpoints.capacity import ChunkSize, PlacementOf
 from control_plane.endpoints.capacity_timeline import close_intervals
 from control_plane.endpoints.config import EndpointConfig, EndpointTag, Task
 from control_plane.endpoints.environment import EnvironmentPolicy
@@ -31,6 +31,7 @@ from control_plane.endpoints.validation import (
 )
 from control_plane.errors import AlreadyExists, Conflict
 from control_plane.ids import new_id, to_millis, utcnow
+from control_plane.placement import WorkspacePlacement
 from control_plane.registry import resolve
 from control_plane.settings import WorkerDefaults
 
@@ -43,6 +44,7 @@ class EndpointService:
     check_capacity: CapacityCheck
     chunk_size: ChunkSize
     environment: EnvironmentPolicy
+    workspace_placement: WorkspacePlacement | None = None  # the caller's workspace's
 
     # -- lookups (`endpoints.lookup`) -----------------------------------------------------
     def by_name(self, name: str, needed: Level = Level.CAN_VIEW) -> tuple[Endpoint, Level]:
@@ -175,7 +177,14 @@ class EndpointService:
             chunk_size=self.chunk_size,
             defaults=self.defaults,
             current=current,
+            placement_of=self._placement_of(endpoint_id) if workspace else None,
         )
+
+    def _placement_of(self, endpoint_id: str) -> PlacementOf | None:
+        where = self.workspace_placement
+        if where is None or where.cloud == "local":
+            return None
+        return lambda entity: where.of(entity, endpoint_id)
 
 
 def new_endpoint(

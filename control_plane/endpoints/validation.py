@@ -12,6 +12,7 @@ from typing import Any
 
 from control_plane.endpoints.capacity import (
     ChunkSize,
+    PlacementOf,
     app_name,
     hosted_workload,
     replicas_for_size,
@@ -59,9 +60,11 @@ def normalize_config(
     defaults: WorkerDefaults,
     chunk_size: ChunkSize,
     current: EndpointConfig | None = None,
+    placement_of: PlacementOf | None = None,
 ) -> EndpointConfig:
     """`current`: the live config an update replaces (its apps run until the update is
-    done, so they count against the cluster's capacity too)."""
+    done, so they count against the cluster's capacity too). `placement_of`: where each
+    entity runs when the endpoint's workspace lives in a cloud."""
     if config is None:
         raise InvalidParameter("config is required: give config.served_entities")
     entities = config.entities()
@@ -84,7 +87,7 @@ def normalize_config(
             f"served entity names must be unique; repeated: {', '.join(duplicates)} "
             "(set `name` on each served entity)"
         )
-    _check_capacity(served, current, check_capacity, defaults)
+    _check_capacity(served, current, check_capacity, defaults, placement_of)
     return EndpointConfig(
         config_version=version,
         served_entities=served,
@@ -121,6 +124,7 @@ def _normalize_entity(
         workload_type=workload_type,
         scale_to_zero_enabled=entity.scale_to_zero_enabled,
         environment_vars=entity.environment_vars,
+        placement=entity.placement,
         creator=creator,
         creation_timestamp=now_ms,
         model_family=model.family,
@@ -136,13 +140,14 @@ def _check_capacity(
     current: EndpointConfig | None,
     check_capacity: CapacityCheck,
     defaults: WorkerDefaults,
+    placement_of: PlacementOf | None = None,
 ) -> None:
     """The whole config must fit the cluster at once: every entity's replicas together.
     An update rolls: its new apps start beside the live ones, which stop only once every
     new app runs, so the live apps it replaces count too (an entity whose app the update
     keeps counts once). What other endpoints hold is not counted: that is a wait, which
     the entity's state message explains, not a refusal."""
-    workload = hosted_workload(served, defaults)
+    workload = hosted_workload(served, defaults, placement_of=placement_of)
     try:
         check_capacity(workload)
     except ValueError as exc:
@@ -153,7 +158,10 @@ def _check_capacity(
         return
     try:
         check_capacity(
-            workload_union(workload, hosted_workload(replaced, defaults, label=" (live)"))
+            workload_union(
+                workload,
+                hosted_workload(replaced, defaults, label=" (live)", placement_of=placement_of),
+            )
         )
     except ValueError as exc:
         raise InvalidParameter(

@@ -33,9 +33,10 @@ from typing import Any
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.db.models import Endpoint
+from control_plane.db.models import Endpoint, Workspace
 from control_plane.endpoints.capacity import (
     APP_PREFIX,
+    PlacementOf,
     endpoint_id_of_app,
     starting_workload,
     worker_config,
@@ -45,6 +46,7 @@ from control_plane.endpoints.config import ServedEntity
 from control_plane.endpoints.environment import EnvironmentPolicy, SecretNotFound
 from control_plane.endpoints.states import Ready
 from control_plane.ids import to_millis, utcnow
+from control_plane.placement import WorkspacePlacement, stored_placement
 from control_plane.reconciler.plan import EndpointSnapshot, Plan, plan_endpoint
 from control_plane.settings import Settings
 from deploy.providers.base import AppSpec, AppStatus, Provider, UnsupportedCapacity
@@ -141,6 +143,12 @@ class Reconciler:
                 return
             seen = _Seen(_snapshot(endpoint), endpoint.generation, endpoint.ready)
             workspace_id = endpoint.workspace_id
+            workspace = None if workspace_id is None else session.get(Workspace, workspace_id)
+            where = (
+                None
+                if workspace is None
+                else stored_placement(workspace.cloud, workspace.region, self.settings)
+            )
         now = utcnow()
         plan = plan_endpoint(
             seen.snapshot,
@@ -150,7 +158,8 @@ class Reconciler:
             retire_grace_ms=self.retire_grace_ms,
         )
         # 2. act: provider calls, with no transaction open.
-        held = self._act(plan, workspace_id)
+        placement_of = _placement_of(where, endpoint_id)
+        held = self._act(plan, workspace_id, placement_of)
         for app, why in held.items():  # not deployed this tick: the state says why
             plan.states[app] = plan.states[app].model_copy(update={"deployment_state_message": why})
         # 3. store the outcome, only if the row is still the one planned from.
@@ -159,7 +168,9 @@ class Reconciler:
             log.info("endpoint %s changed while it was reconciled; planning again", endpoint_id)
             self.kick()
 
-    def _act(self, plan: Plan, workspace_id: str | None) -> dict[str, str]:
+    def _act(
+        self, plan: Plan, workspace_id: str | None, placement_of: PlacementOf | None = None
+    ) -> dict[str, str]:
         """Deploy and delete what `plan` says. Returns the apps not deployed, each with the
         reason: a secret gone, capacity the cluster can never give, or capacity that other
         applications hold now (deployed on a later tick, once free)."""
@@ -176,7 +187,9 @@ class Reconciler:
                 held[entity.app_name] = "not deployed: a secret its environment_vars name is gone"
                 continue
             starting = [e for e, _ in admitted] + [entity]
-            waiting = self.provider.shortfall(starting_workload(starting, self.settings.workers))
+            waiting = self.provider.shortfall(
+                starting_workload(starting, self.settings.workers, placement_of)
+            )
             if waiting is not None:
                 log.debug("not deploying %s yet: %s", entity.app_name, waiting)
                 held[entity.app_name] = waiting
@@ -186,7 +199,8 @@ class Reconciler:
             log.info("deploying %s (%s)", entity.app_name, entity.entity_name)
             config = worker_config(entity, self.settings.workers, variables)
             try:
-                self.provider.deploy(AppSpec(entity.app_name, config))
+                placement = None if placement_of is None else placement_of(entity)
+                self.provider.deploy(AppSpec(entity.app_name, config, placement))
             except UnsupportedCapacity as exc:  # the cluster shrank since the config was taken
                 held[entity.app_name] = f"not deployed: {exc}"
         for app in plan.delete:
@@ -231,6 +245,12 @@ class Reconciler:
         if changed:
             log.info("endpoint %s: %s", endpoint_id, changed)
         return True
+
+
+def _placement_of(where: WorkspacePlacement | None, endpoint_id: str) -> PlacementOf | None:
+    if where is None or where.cloud == "local":
+        return None
+    return lambda entity: where.of(entity, endpoint_id)
 
 
 @dataclass(frozen=True)

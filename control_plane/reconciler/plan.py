@@ -58,6 +58,8 @@ def _state(status: AppStatus | None, *, recovering: bool = False) -> ServedEntit
         message = status.message if status and status.message else "Starting replicas"
         return ServedEntityState(deployment=word, deployment_state_message=message)
     if status.phase == AppPhase.RUNNING:
+        if status.placement_note:  # where a cloud node group found its capacity
+            return READY.model_copy(update={"deployment_state_message": status.placement_note})
         return READY
     if status.phase == AppPhase.FAILED:
         return ServedEntityState(

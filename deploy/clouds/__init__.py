@@ -2,8 +2,10 @@
 cloud-neutral interface (`NodeGroupSpec` with its deterministic name, tags and Ray resource,
 the `NodeGroup` state, the `NodeGroups` protocol and its typed errors), `startup` the
 start-up script every node boots with (the exact `ray start` that joins the installation's
-cluster), and `aws` (with `aws_failures`) the AWS implementation on launch templates and
-Auto Scaling groups. Cloud SDKs are imported only when a cloud's class is built.
+cluster), `aws` the AWS implementation (launch templates and Auto Scaling groups), `gcp`
+the GCP one (regional instance templates and managed instance groups) and `azure` the Azure
+one (virtual machine scale sets), each with its `*_settings` and `*_failures` (which answers
+mean capacity or quota). Cloud SDKs are imported only when a cloud's class is built.
 """
 
 from deploy.clouds.base import (

@@ -29,6 +29,7 @@ TAG_INSTALLATION = "moeserve:installation"
 TAG_ENDPOINT_ID = "moeserve:endpoint-id"
 TAG_SERVED_ENTITY = "moeserve:served-entity"
 TAG_NODE_GROUP = "moeserve:node-group"
+NODE_RESOURCE_PREFIX = "moeserve-group-"  # the custom Ray resource of every node group
 # Names: lowercase letters, digits and dashes, valid for an ASG, a launch template, a GCP
 # instance group and an Azure scale set alike (GCP's limit, 63, is the tightest).
 _NAME_PART = re.compile(r"[^a-z0-9-]+")
@@ -95,7 +96,7 @@ class NodeGroupSpec(_Frozen):
     @property
     def ray_resource(self) -> str:
         """The custom Ray resource each node of the group advertises (value 1)."""
-        return f"moeserve-group-{_digest(self.name, 12)}"
+        return node_resource(self.name)
 
     @property
     def ceiling(self) -> int:
@@ -109,6 +110,11 @@ class NodeGroupSpec(_Frozen):
             TAG_SERVED_ENTITY: self.served_entity[:256],
             TAG_NODE_GROUP: self.name,
         }
+
+
+def node_resource(group_name: str) -> str:
+    """The custom Ray resource the nodes of the group named `group_name` advertise."""
+    return f"{NODE_RESOURCE_PREFIX}{_digest(group_name, 12)}"
 
 
 class ShapeFailure(_Frozen):

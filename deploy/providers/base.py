@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from deploy.providers.placement import Placement
 from workers.serve.config import WorkerAppConfig
 
 GIB = 2**30
@@ -42,6 +43,8 @@ class AppStatus:
     message: str  # why the app is not RUNNING (the failing exception, a scheduling delay)
     running_replicas: int
     target_replicas: int | None  # None while the provider does not know it yet
+    node_resource: str | None = None  # the cloud node group's Ray resource its replicas hold
+    placement_note: str = ""  # where its capacity came from (shapes refused before it)
 
 
 class UnsupportedCapacity(ValueError):
@@ -106,6 +109,7 @@ class ReplicaGroup:
     name: str
     shape: ReplicaShape
     replicas: int
+    placement: Placement | None = None  # a cloud node group of its own; None: the cluster
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,14 @@ class Workload:
     """Everything a provider is asked to host at once."""
 
     groups: tuple[ReplicaGroup, ...]
+
+    def on_cluster(self) -> Workload:
+        """The groups the Ray cluster itself must hold (those without a cloud placement)."""
+        return Workload(tuple(g for g in self.groups if g.placement is None))
+
+    def placed(self) -> tuple[ReplicaGroup, ...]:
+        """The groups that bring their own cloud capacity."""
+        return tuple(g for g in self.groups if g.placement is not None)
 
     def cpus(self) -> float:
         return sum(g.replicas * g.shape.cpus for g in self.groups)
@@ -136,6 +148,7 @@ def amount(resource: str, value: float) -> str:
 class AppSpec:
     name: str  # the Serve application name, chosen by the caller; encodes the config
     worker: WorkerAppConfig
+    placement: Placement | None = None  # its workspace's cloud; None: the cluster as it is
 
 
 class Provider(Protocol):

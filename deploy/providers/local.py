@@ -23,6 +23,7 @@ from ray.serve.api import _run
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ApplicationStatus
 
+from deploy.clouds.base import NODE_RESOURCE_PREFIX
 from deploy.providers.base import (
     AppNotFound,
     AppPhase,
@@ -134,9 +135,10 @@ class LocalRayProvider:
             current = self.status(spec.name)
             if current is not None and current.phase not in (AppPhase.DELETING, AppPhase.FAILED):
                 return  # the name encodes the config: nothing to change
-            self.check_supported(
-                Workload((ReplicaGroup(spec.name, replica_shape(spec.worker), 1),))
-            )
+            if spec.worker.node_resource is None:  # else its node group brings the capacity
+                self.check_supported(
+                    Workload((ReplicaGroup(spec.name, replica_shape(spec.worker), 1),))
+                )
             with self._lock:
                 self._handles.pop(spec.name, None)
             _run(
@@ -230,12 +232,14 @@ def app_status(app: AppView) -> AppStatus:
     """Our view of a Serve application: phase, a readable message, replica counts."""
     ingress = app.ingress
     running = 0 if ingress is None else sum(r.state == "RUNNING" for r in ingress.replicas)
+    groups = sorted(r for r in app.custom_resources() if r.startswith(NODE_RESOURCE_PREFIX))
     return AppStatus(
         name=app.name,
         phase=_PHASES[app.status],
         message=_status_message(app),
         running_replicas=running,
         target_replicas=None if ingress is None else ingress.target_num_replicas,
+        node_resource=groups[0] if groups else None,
     )
 
 

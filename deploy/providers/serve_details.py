@@ -22,8 +22,17 @@ class ReplicaView(_Details):
     log_file_path: str | None = None
 
 
+class ActorOptionsView(_Details):
+    resources: dict[str, float] | None = None
+
+
+class DeploymentConfigView(_Details):
+    ray_actor_options: ActorOptionsView | None = None
+
+
 class DeploymentView(_Details):
     message: str = ""
+    deployment_config: DeploymentConfigView | None = None
     target_num_replicas: int | None = None
     replicas: list[ReplicaView] = []
     recent_dead_replicas: list[ReplicaView] = []
@@ -51,3 +60,13 @@ class AppView(_Details):
         if len(self.deployments) == 1:
             return next(iter(self.deployments.values()))
         return None
+
+    def custom_resources(self) -> set[str]:
+        """The custom Ray resources its deployments' replicas hold (a node group's)."""
+        found: set[str] = set()
+        for deployment in self.deployments.values():
+            config = deployment.deployment_config
+            options = None if config is None else config.ray_actor_options
+            if options is not None and options.resources:
+                found |= set(options.resources)
+        return found

@@ -24,7 +24,8 @@ CONFIG = {
 def new_workspace(server: LiveServer, name: str) -> str:
     response = server.client().post("/api/2.0/workspaces", json={"name": name})
     assert response.status_code == 200, response.text
-    assert set(response.json()) == {"workspace_id", "name"}
+    assert response.json()["name"] == name
+    assert (response.json()["cloud"], response.json()["region"]) == ("local", "local")
     return str(response.json()["workspace_id"])
 
 

@@ -1,20 +1,15 @@
 """AWS node groups against a real `moto_server` (launch templates, Auto Scaling groups that
 really launch EC2 instances, tags); capacity refusals injected with botocore event hooks,
-since moto never refuses. The start-up command is run for real against a local Ray head."""
+since moto never refuses. The start-up command itself is run against the session's Ray, with
+the whole control plane, in test_cloud_endpoints.py."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
@@ -29,7 +24,7 @@ from deploy.clouds import (
     startup_script,
 )
 from deploy.clouds.aws import AwsNodeGroups, AwsSettings
-from tests.deploy.moto_server import failed_launch_activity, free_port, moto_server, refuse, reset
+from tests.deploy.moto_server import failed_launch_activity, moto_server, refuse, reset
 
 REGIONS = ["us-east-1", "us-west-2"]
 INSTALLATION = "inst1"
@@ -311,90 +306,3 @@ def test_the_startup_script_pulls_only_the_image_and_runs_the_ray_start_command(
     assert "--gpus all --network host" in script
     assert f"{spec.worker_image} ray start --address=10.0.0.5:6379 " in script
     assert not any(word in script for word in ("apt", "pip ", "curl", "wget", "yum"))
-
-
-_PLACED_ON_THE_GROUP = """
-import sys, time, ray
-from ray import serve
-
-address, resource = sys.argv[1], sys.argv[2]
-ray.init(address=address, log_to_driver=False)
-deadline = time.monotonic() + 40
-while not [n for n in ray.nodes() if n["Alive"] and resource in n["Resources"]]:
-    assert time.monotonic() < deadline, f"no node advertises {resource}: {ray.nodes()}"
-    time.sleep(0.5)
-[group_node] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and resource in n["Resources"]]
-assert ray.cluster_resources()[resource] == 1
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0, "resources": {resource: 1}})
-class Where:
-    def __call__(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-
-handle = serve.run(Where.bind(), name="placed", route_prefix=None)
-assert handle.remote().result(timeout_s=30) == group_node
-print("placed on", group_node)
-"""
-
-
-@pytest.mark.slow
-def test_a_ray_worker_started_with_the_groups_command_hosts_the_entitys_replicas(tmp_path):
-    """The exact `ray start` of the start-up script, against a Ray head of our own (its own
-    processes, stopped by process group: never `ray stop`, which would end every Ray here)."""
-    import ray
-
-    spec = _spec()
-    host = ray.util.get_node_ip_address()
-    port = free_port()
-    head_address = f"{host}:{port}"
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "disabled",  # token auth would need the head's token on the worker
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(argv: list[str]) -> None:
-        log = open(tmp_path / f"{len(started)}.log", "wb")  # noqa: SIM115 (outlives the call)
-        started.append(
-            subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
-        )
-
-    try:
-        start(
-            ["ray", "start", "--head", "--block", f"--port={port}",
-             "--num-cpus=1", "--include-dashboard=false",
-             f"--ray-client-server-port={free_port()}"]
-        )  # fmt: skip
-        deadline = time.monotonic() + 40
-        while not _accepts(host, port):
-            assert time.monotonic() < deadline, (tmp_path / "0.log").read_text()
-            time.sleep(0.5)
-        start(ray_start_argv(head_address, spec.ray_resource))
-        placed = subprocess.run(
-            [sys.executable, "-c", _PLACED_ON_THE_GROUP, head_address, spec.ray_resource],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        logs = "".join(p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*.log"))
-        assert placed.returncode == 0, placed.stderr[-3000:] + logs
-        assert "placed on" in placed.stdout
-    finally:
-        for process in reversed(started):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError:
-        return False
-    return True

@@ -25,6 +25,8 @@ import yaml  # type: ignore[import-untyped]  # PyYAML: kubernetes-validate's dep
 from pydantic import BaseModel, SecretStr
 
 from control_plane.settings import Settings
+from deploy.clouds.azure_settings import AzureSettings
+from deploy.clouds.gcp_settings import GcpSettings
 from tests.deploy.fetch_helm import REPO_ROOT, NpmMissing, helm_path
 
 CHART = REPO_ROOT / "helm" / "moeserve"
@@ -446,6 +448,32 @@ SAMPLES: dict[str, Any] = {
     "workspace_name": "prod",
     "admin_user_name": "root-admin",
     "cloud": "aws",
+    "clouds.installation_id": "sample-inst",
+    "clouds.worker_image": "registry.example.com/moeserve/worker:0.1.0",
+    "clouds.head_address": "ray-head.example:6379",
+    "clouds.aws": {
+        "installation_id": "sample-inst",
+        "ami_ids": {"us-west-2": "ami-0123456789abcdef0"},
+        "subnet_ids": {"us-west-2": ["subnet-1", "subnet-2"]},
+        "security_group_ids": {},
+        "instance_profile_arn": None,
+        "endpoint_url": None,
+    },
+    "clouds.gcp": GcpSettings(
+        installation_id="sample-inst",
+        project="sample-project",
+        images={"us-central1": "projects/sample-project/global/images/moeserve-worker"},
+    ).model_dump(mode="json"),
+    "clouds.azure": AzureSettings(
+        installation_id="sample-inst",
+        subscription_id="00000000-0000-0000-0000-000000000000",
+        resource_group="moeserve",
+        images={"eastus": "Canonical:ubuntu-24_04-lts:server:latest"},
+        subnet_ids={
+            "eastus": "/subscriptions/x/resourceGroups/net/providers/"
+            "Microsoft.Network/virtualNetworks/v/subnets/s"
+        },
+    ).model_dump(mode="json"),
     "max_token_lifetime_s": 86_400,
     "shared_endpoints": [
         {

@@ -23,6 +23,9 @@ def deployment_options(config: WorkerAppConfig) -> dict[str, Any]:
         "health_check_period_s": config.health_check_period_s,
         "ray_actor_options": {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0)},
     }
+    if config.node_resource is not None:
+        # The replica actor runs in bundle 0 of a sharded replica, so bundle 0 holds it too.
+        options["ray_actor_options"]["resources"] = {config.node_resource: 1}
     if config.environment_vars:
         options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(config.environment_vars)}
     if config.autoscaling is not None:
@@ -38,7 +41,10 @@ def deployment_options(config: WorkerAppConfig) -> dict[str, Any]:
         options["num_replicas"] = config.num_replicas
     if config.shards > 1:
         # One bundle per device; the replica itself runs rank 0 in bundle 0.
-        options["placement_group_bundles"] = [dict(bundle) for _ in range(config.shards)]
+        bundles = [dict(bundle) for _ in range(config.shards)]
+        if config.node_resource is not None:
+            bundles[0][config.node_resource] = 1
+        options["placement_group_bundles"] = bundles
         options["placement_group_strategy"] = "STRICT_PACK"
     return options
 

@@ -68,6 +68,13 @@ class WorkerAppConfig(BaseModel):
         default=30, ge=0, description="time in-flight requests get to finish on shutdown"
     )
     health_check_period_s: float = Field(default=10, gt=0)
+    node_resource: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="a custom Ray resource only the nodes of this app's cloud node group "
+        "advertise (1 per node): each replica holds 1, so it runs there and one per node; "
+        "None: any node",
+    )
     environment_vars: dict[str, str] = Field(
         default_factory=dict,
         description="set in every replica's process environment (the control plane admits "

@@ -76,9 +76,11 @@ Call: include "moeserve.settingsEnv" (dict "prefix" "MOESERVE_" "values" .Values
 */}}
 {{- define "moeserve.settingsEnv" -}}
 {{- $prefix := .prefix }}
+{{- /* Settings that are one JSON object (a cloud's section), not nested settings. */}}
+{{- $json := list "MOESERVE_CLOUDS__AWS" "MOESERVE_CLOUDS__GCP" "MOESERVE_CLOUDS__AZURE" }}
 {{- range $key, $value := .values }}
 {{- $name := printf "%s%s" $prefix (upper $key) }}
-{{- if kindIs "map" $value }}
+{{- if and (kindIs "map" $value) (not (has $name $json)) }}
 {{- include "moeserve.settingsEnv" (dict "prefix" (printf "%s__" $name) "values" $value) }}
 {{- else if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
 {{ $name }}: {{ ternary $value (toJson $value) (kindIs "string" $value) | quote }}

@@ -109,6 +109,10 @@ def run(settings: Settings) -> int:
 
     from control_plane.app import create_app
 
+    problem = clouds_preflight(settings)
+    if problem is not None:
+        print(f"moeserve: cannot start: {problem}", file=sys.stderr, flush=True)
+        return 2
     app = create_app(settings)
     server = uvicorn.Server(http_config(app, settings))
     threading.Thread(
@@ -119,9 +123,26 @@ def run(settings: Settings) -> int:
     # Kubernetes, Docker or systemd (SIGTERM) ends like Ctrl-C, with status 0.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run()  # a failed start-up exits with uvicorn's status 3 from in here
     print("moeserve stopped", flush=True)
     return 0
+
+
+def clouds_preflight(settings: Settings) -> str | None:
+    """Why the configured clouds cannot be used (their SDK missing, credentials missing or
+    refused), before anything starts; None when each answered."""
+    from deploy.clouds.base import NodeGroupError
+
+    try:
+        for cloud, groups in settings.clouds.node_groups().items():
+            try:
+                identity = groups.check_credentials()
+            except NodeGroupError as exc:
+                return f"{cloud}: {exc}"
+            print(f"moeserve: {cloud} node groups act as {identity}", flush=True)
+    except NodeGroupError as exc:  # an SDK not installed
+        return str(exc)
+    return None
 
 
 def http_config(app: Any, settings: Settings, **overrides: Any) -> Any:

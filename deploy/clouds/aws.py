@@ -22,15 +22,14 @@ from deploy.clouds.aws_templates import TAG_INSTANCE_TYPE, client_token, tag_lis
 from deploy.clouds.base import (
     TAG_INSTALLATION,
     TAG_NODE_GROUP,
-    CapacityError,
     CloudCredentialsError,
     NodeGroup,
     NodeGroupError,
     NodeGroupNotFound,
     NodeGroupSpec,
     ShapeFailure,
-    ShapeNotOffered,
 )
+from deploy.clouds.failover import Existing, check_offered, ensure_with_failover
 
 __all__ = ["AwsNodeGroups", "AwsSettings"]
 _GONE = {"Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated"}
@@ -81,33 +80,29 @@ class AwsNodeGroups:
     # --- the NodeGroups protocol ---------------------------------------------------------
 
     def ensure(self, spec: NodeGroupSpec) -> NodeGroup:
-        self._check_offered(spec)
-        failures: list[ShapeFailure] = []
-        start = 0
+        check_offered(
+            spec,
+            cloud="aws",
+            installation_id=self.settings.installation_id,
+            configured=self.settings.regions,
+            what="AMI",
+        )
         found = self._find(spec.name)
+        existing = None
         if found is not None:
             region, group = found
-            shape = (region, _tag(group, TAG_INSTANCE_TYPE))
-            index = next(
-                (i for i, c in enumerate(spec.candidates) if (c.region, c.name) == shape), None
+            existing = Existing(
+                region,
+                _tag(group, TAG_INSTANCE_TYPE),
+                self._launch_failure(region, group),
+                keep=lambda: self._converge(spec, region, group),
             )
-            failure = self._launch_failure(region, group)
-            if index is not None and failure is None:
-                return self._converge(spec, region, group)
-            if failure is not None:
-                failures.append(failure)
-            # Refused, or no longer a candidate (the entity's workload changed): replace it.
-            start = 0 if index is None else index + 1
-            self._release_in(region, spec.name)
-        for candidate in spec.candidates[start:]:
-            failure = self._try_create(spec, candidate)
-            if failure is None:
-                created = self._describe(candidate.region, spec.name)
-                assert created is not None, "a group just created is described"
-                return self._state(candidate.region, created, tuple(failures))
-            failures.append(failure)
-            self._release_in(candidate.region, spec.name)
-        raise CapacityError(tuple(failures))
+        return ensure_with_failover(
+            spec,
+            existing,
+            create=lambda candidate: self._create(spec, candidate),
+            release=lambda region: self._release_in(region, spec.name),
+        )
 
     def scale(self, name: str, count: int) -> NodeGroup:
         if count < 0:
@@ -145,6 +140,14 @@ class AwsNodeGroups:
         return sorted(released)
 
     # --- one region ------------------------------------------------------------------------
+
+    def _create(self, spec: NodeGroupSpec, candidate: Candidate) -> NodeGroup | ShapeFailure:
+        failure = self._try_create(spec, candidate)
+        if failure is not None:
+            return failure
+        created = self._describe(candidate.region, spec.name)
+        assert created is not None, "a group just created is described"
+        return self._state(candidate.region, created)
 
     def _try_create(self, spec: NodeGroupSpec, candidate: Candidate) -> ShapeFailure | None:
         """Create template and group for one shape; the refusal when AWS refuses it."""
@@ -296,21 +299,6 @@ class AwsNodeGroups:
 
     def _regions(self) -> tuple[str, ...]:
         return self.settings.regions
-
-    def _check_offered(self, spec: NodeGroupSpec) -> None:
-        if spec.installation_id != self.settings.installation_id:
-            raise ShapeNotOffered(
-                f"spec of installation {spec.installation_id}, provider of "
-                f"{self.settings.installation_id}"
-            )
-        for candidate in spec.candidates:
-            if candidate.cloud != "aws":
-                raise ShapeNotOffered(f"{candidate.name} is a {candidate.cloud} shape, not AWS")
-            if candidate.region not in self.settings.ami_ids:
-                raise ShapeNotOffered(
-                    f"region {candidate.region} has no AMI configured (configured: "
-                    f"{', '.join(self.settings.regions)})"
-                )
 
 
 def _code(exc: Any) -> str:

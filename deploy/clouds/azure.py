@@ -29,7 +29,6 @@ from deploy.clouds.azure_scale_sets import TAG_INSTANCE_TYPE, scale_set_body, th
 from deploy.clouds.azure_settings import AzureSettings
 from deploy.clouds.base import (
     TAG_INSTALLATION,
-    CapacityError,
     CloudCredentialsError,
     NodeGroup,
     NodeGroupError,
@@ -38,6 +37,7 @@ from deploy.clouds.base import (
     ShapeFailure,
     ShapeNotOffered,
 )
+from deploy.clouds.failover import Existing, check_offered, ensure_with_failover
 
 __all__ = ["AzureNodeGroups", "AzureSettings"]
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -119,32 +119,26 @@ class AzureNodeGroups:
 
     def ensure(self, spec: NodeGroupSpec) -> NodeGroup:
         self._check_offered(spec)
-        failures: list[ShapeFailure] = []
-        start = 0
         found = self._get(spec.name)
         if found is not None and _provisioning(found) == "Deleting":
             self.release(spec.name)  # a release that died mid-way: finish it, then create
             found = None
+        existing = None
         if found is not None:
-            shape = (found["location"], _size(found))
-            index = next(
-                (i for i, c in enumerate(spec.candidates) if (c.region, c.name) == shape), None
+            group = found
+            existing = Existing(
+                group["location"],
+                _size(group),
+                self._launch_failure(group),
+                keep=lambda: self._converge(group, spec.count),
             )
-            failure = self._launch_failure(found)
-            if index is not None and failure is None:
-                return self._converge(found, spec.count)
-            if failure is not None:
-                failures.append(failure)
-            # Refused, or no longer a candidate (the entity's workload changed): replace it.
-            start = 0 if index is None else index + 1
-            self.release(spec.name)
-        for candidate in spec.candidates[start:]:
-            outcome = self._try_create(spec, candidate)
-            if not isinstance(outcome, ShapeFailure):
-                return self._state(outcome, tuple(failures))
-            failures.append(outcome)
-            self.release(spec.name)
-        raise CapacityError(tuple(failures))
+        # Scale set names are unique in the resource group whatever the region.
+        return ensure_with_failover(
+            spec,
+            existing,
+            create=lambda candidate: self._create(spec, candidate),
+            release=lambda _region: self.release(spec.name),
+        )
 
     def scale(self, name: str, count: int) -> NodeGroup:
         if count < 0:
@@ -180,6 +174,10 @@ class AzureNodeGroups:
     @property
     def _scale_sets(self) -> Any:
         return self.client.virtual_machine_scale_sets
+
+    def _create(self, spec: NodeGroupSpec, candidate: Candidate) -> NodeGroup | ShapeFailure:
+        outcome = self._try_create(spec, candidate)
+        return outcome if isinstance(outcome, ShapeFailure) else self._state(outcome)
 
     def _try_create(
         self, spec: NodeGroupSpec, candidate: Candidate
@@ -270,19 +268,14 @@ class AzureNodeGroups:
         )
 
     def _check_offered(self, spec: NodeGroupSpec) -> None:
-        if spec.installation_id != self.settings.installation_id:
-            raise ShapeNotOffered(
-                f"spec of installation {spec.installation_id}, provider of "
-                f"{self.settings.installation_id}"
-            )
+        check_offered(
+            spec,
+            cloud="azure",
+            installation_id=self.settings.installation_id,
+            configured=self.settings.regions,
+            what="image",
+        )
         for candidate in spec.candidates:
-            if candidate.cloud != "azure":
-                raise ShapeNotOffered(f"{candidate.name} is a {candidate.cloud} shape, not Azure")
-            if candidate.region not in self.settings.images:
-                raise ShapeNotOffered(
-                    f"region {candidate.region} has no image configured (configured: "
-                    f"{', '.join(self.settings.regions)})"
-                )
             if candidate.region not in self.settings.subnet_ids:
                 raise ShapeNotOffered(f"region {candidate.region} has no subnet configured")
 

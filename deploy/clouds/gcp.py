@@ -21,15 +21,14 @@ from typing import Any
 from deploy.catalog import Candidate
 from deploy.clouds.base import (
     TAG_NODE_GROUP,
-    CapacityError,
     CloudCredentialsError,
     NodeGroup,
     NodeGroupError,
     NodeGroupNotFound,
     NodeGroupSpec,
     ShapeFailure,
-    ShapeNotOffered,
 )
+from deploy.clouds.failover import Existing, check_offered, ensure_with_failover
 from deploy.clouds.gcp_failures import (
     failure_from_codes,
     failure_from_http,
@@ -73,34 +72,30 @@ class GcpNodeGroups:
     # --- the NodeGroups protocol ---------------------------------------------------------
 
     def ensure(self, spec: NodeGroupSpec) -> NodeGroup:
-        self._check_offered(spec)
-        failures: list[ShapeFailure] = []
-        start = 0
+        check_offered(
+            spec,
+            cloud="gcp",
+            installation_id=self.settings.installation_id,
+            configured=self.settings.regions,
+            what="image",
+        )
         found = self._find(spec.name)
+        existing = None
         if found is not None:
             region, group = found
-            shape = (region, _machine_type(group))
-            index = next(
-                (i for i, c in enumerate(spec.candidates) if (c.region, c.name) == shape), None
-            )
             running = self.api.running(region, spec.name)
-            failure = self._launch_failure(region, group, running)
-            if index is not None and failure is None:
-                return self._converge(spec, region, group, running)
-            if failure is not None:
-                failures.append(failure)
-            # Refused, or no longer a candidate (the entity's workload changed): replace it.
-            start = 0 if index is None else index + 1
-            self._release_in(region, spec.name)
-        for candidate in spec.candidates[start:]:
-            failure = self._try_create(spec, candidate)
-            if failure is None:
-                created = self.api.get("groups", candidate.region, spec.name)
-                assert created is not None, "a group just created is described"
-                return self._state(candidate.region, created, tuple(failures))
-            failures.append(failure)
-            self._release_in(candidate.region, spec.name)
-        raise CapacityError(tuple(failures))
+            existing = Existing(
+                region,
+                _machine_type(group),
+                self._launch_failure(region, group, running),
+                keep=lambda: self._converge(spec, region, group, running),
+            )
+        return ensure_with_failover(
+            spec,
+            existing,
+            create=lambda candidate: self._create(spec, candidate),
+            release=lambda region: self._release_in(region, spec.name),
+        )
 
     def scale(self, name: str, count: int) -> NodeGroup:
         if count < 0:
@@ -132,6 +127,14 @@ class GcpNodeGroups:
         return sorted(released)
 
     # --- one region ------------------------------------------------------------------------
+
+    def _create(self, spec: NodeGroupSpec, candidate: Candidate) -> NodeGroup | ShapeFailure:
+        failure = self._try_create(spec, candidate)
+        if failure is not None:
+            return failure
+        created = self.api.get("groups", candidate.region, spec.name)
+        assert created is not None, "a group just created is described"
+        return self._state(candidate.region, created)
 
     def _try_create(self, spec: NodeGroupSpec, candidate: Candidate) -> ShapeFailure | None:
         """Create template and group for one shape; the refusal when GCP refuses it."""
@@ -224,21 +227,6 @@ class GcpNodeGroups:
 
     def _regions(self) -> tuple[str, ...]:
         return self.settings.regions
-
-    def _check_offered(self, spec: NodeGroupSpec) -> None:
-        if spec.installation_id != self.settings.installation_id:
-            raise ShapeNotOffered(
-                f"spec of installation {spec.installation_id}, provider of "
-                f"{self.settings.installation_id}"
-            )
-        for candidate in spec.candidates:
-            if candidate.cloud != "gcp":
-                raise ShapeNotOffered(f"{candidate.name} is a {candidate.cloud} shape, not GCP")
-            if candidate.region not in self.settings.images:
-                raise ShapeNotOffered(
-                    f"region {candidate.region} has no image configured (configured: "
-                    f"{', '.join(self.settings.regions)})"
-                )
 
 
 def _refusal(exc: Exception, region: str, machine_type: str) -> ShapeFailure | None:

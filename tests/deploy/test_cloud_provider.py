@@ -253,3 +253,29 @@ def test_the_control_plane_starts_with_clouds_configured_without_importing_their
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_moeserve_run_without_cloud_credentials_stops_at_once_saying_what_to_set(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOESERVE_"))}
+    env |= {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "MOESERVE_CLOUDS": '{"aws": {"ami_ids": {"us-east-1": "ami-1"}}}',
+    }
+    moeserve = Path(sys.executable).with_name("moeserve")
+    done = subprocess.run(
+        [str(moeserve), "run", "--data-dir", str(tmp_path), "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "moeserve: cannot start: aws: no AWS credentials found: set AWS_" in done.stderr
+    assert "Traceback" not in done.stderr

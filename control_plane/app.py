@@ -76,6 +76,7 @@ def cloud_provider(settings: Settings, cluster: Provider) -> Provider:
             worker_image=clouds.worker_image,
             head_address=clouds.head_address or _attached_gcs_address,
             sync_interval_s=clouds.sync_interval_s,
+            ray_auth_token=clouds.ray_auth_token,
         ),
     )
 

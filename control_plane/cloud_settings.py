@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from deploy.clouds.aws_settings import AwsSettings
 from deploy.clouds.azure_settings import AzureSettings
@@ -42,6 +42,12 @@ class CloudSettings(BaseModel):
         pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
         description="host:port of the Ray head (GCS) that cloud nodes join; default: the "
         "address of the cluster the control plane is attached to",
+    )
+    ray_auth_token: SecretStr | None = Field(
+        default=None,
+        description="the Ray cluster's authentication token when it runs with token auth "
+        "(RAY_AUTH_MODE=token): cloud nodes need it to join; it reaches them in their "
+        "start-up script (readable by whoever may read the group's template or user-data)",
     )
     sync_interval_s: float = Field(
         default=30,

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from deploy.catalog import Candidate
 
@@ -71,6 +71,18 @@ class NodeGroupSpec(_Frozen):
         description="host:port of the Ray head (GCS) the nodes join",
     )
     worker_image: str = Field(min_length=1, description="container image of the Ray worker")
+    ray_auth_token: SecretStr | None = Field(
+        default=None,
+        description="the Ray cluster's authentication token, when it has token auth on: the "
+        "nodes need it to join (written to a root-only env file at boot)",
+    )
+
+    @field_validator("ray_auth_token")
+    @classmethod
+    def _one_line(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and any(c in token.get_secret_value() for c in "\r\n\x00"):
+            raise ValueError("ray_auth_token must be one line")
+        return token
 
     @field_validator("candidates")
     @classmethod

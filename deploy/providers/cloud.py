@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import SecretStr
+
 from deploy.catalog import ShapeRefused
 from deploy.clouds.base import (
     CapacityError,
@@ -65,6 +67,7 @@ class CloudOptions:
     worker_image: str
     head_address: str | HeadAddress  # host:port nodes join, or how to find it after start
     sync_interval_s: float = 30.0
+    ray_auth_token: SecretStr | None = None  # the cluster's, when it runs with token auth
 
 
 @dataclass
@@ -246,6 +249,7 @@ class CloudProvider:
             count=0,
             head_address=self._require_head(),
             worker_image=self.options.worker_image,
+            ray_auth_token=self.options.ray_auth_token,
         )
         wanted, _ = _wanted_nodes(self.cluster.list_apps(""), skip=app)
         count = wanted[spec.ray_resource] + _starting_replicas(worker)

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
@@ -306,3 +307,28 @@ def test_the_startup_script_pulls_only_the_image_and_runs_the_ray_start_command(
     assert "--gpus all --network host" in script
     assert f"{spec.worker_image} ray start --address=10.0.0.5:6379 " in script
     assert not any(word in script for word in ("apt", "pip ", "curl", "wget", "yum"))
+
+
+def test_a_ray_auth_token_reaches_the_node_in_a_root_only_env_file_not_a_command_line(tmp_path):
+    token = 'tok\'en $1 "x"'
+    script = startup_script(_spec(ray_auth_token=token))
+    [run] = [line for line in script.splitlines() if line.startswith("docker run ")]
+    assert "--env-file /etc/moeserve/ray-auth.env " in run and "tok" not in run
+    # The lines that write the file, run for real under a scratch directory.
+    writes = [ln for ln in script.splitlines() if "/etc/moeserve" in ln and "docker" not in ln]
+    here = str(tmp_path / "etc-moeserve")
+    subprocess.run(
+        [
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            "\n".join(w.replace("/etc/moeserve", here) for w in writes),
+        ],
+        check=True,
+    )
+    written = Path(here, "ray-auth.env")
+    assert written.read_text() == f"RAY_AUTH_MODE=token\nRAY_AUTH_TOKEN={token}\n"
+    assert (written.stat().st_mode & 0o777, Path(here).stat().st_mode & 0o777) == (0o600, 0o700)
+    with pytest.raises(ValueError, match="one line"):
+        _spec(ray_auth_token="a\nb")

@@ -18,6 +18,7 @@ from billing.jobs import BillingJobs
 from billing.ratecard import load_rate_cards
 from control_plane.api import (
     audit,
+    budgets,
     discovery,
     endpoint_details,
     endpoints,
@@ -37,6 +38,7 @@ from control_plane.billing_api import invoices as billing_invoices
 from control_plane.billing_api import records as billing_records
 from control_plane.billing_api import usage as billing_usage
 from control_plane.bootstrap import bootstrap
+from control_plane.budgets.jobs import BudgetJobs
 from control_plane.db import build_engine, session_factory, upgrade
 from control_plane.errors import UnhandledErrors, install_error_handlers
 from control_plane.ids import utcnow
@@ -96,10 +98,12 @@ def create_app(settings: Settings, provider_factory: ProviderFactory | None = No
         plane.gateway = await Gateway.start(
             settings, plane.engine, plane.sessions, plane.provider, lambda: plane.reconciler.apps
         )
+        plane.gateway.budgets = plane.budgets.guard
         if settings.billing.run_metering:
             plane.tasks.append(
                 asyncio.create_task(plane.billing.run_forever(utcnow), name="billing")
             )
+        plane.tasks.append(asyncio.create_task(plane.budgets.run_forever(utcnow), name="budgets"))
         if settings.run_reconciler:
             plane.tasks.append(asyncio.create_task(plane.reconciler.run(), name="reconciler"))
         try:
@@ -151,6 +155,7 @@ def routers() -> list[APIRouter]:
         billing_records.router,
         billing_invoices.router,
         billing_estimate.router,
+        budgets.router,
         audit.router,
         discovery.router,
         health.router,
@@ -167,6 +172,7 @@ def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlan
     log.info("connecting to Ray (%s)", settings.ray_address or "local")
     provider.start()
     sessions = session_factory(engine)
+    billing = BillingJobs(engine, settings.billing, settings.cloud, rate_cards)
     plane = ControlPlane(
         settings=settings,
         engine=engine,
@@ -174,7 +180,10 @@ def _start(settings: Settings, provider_factory: ProviderFactory) -> ControlPlan
         provider=provider,
         reconciler=Reconciler(sessions, provider, settings),
         rate_cards=rate_cards,
-        billing=BillingJobs(engine, settings.billing, settings.cloud, rate_cards),
+        billing=billing,
+        budgets=BudgetJobs(
+            sessions, settings.budgets, billing.context, rate_cards, settings.billing.tier
+        ),
     )
     for attempt in range(2):  # two processes bootstrapping one database: the loser re-reads
         with sessions() as session:

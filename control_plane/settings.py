@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.settings import BillingSettings, Cloud
+from control_plane.budgets.settings import BudgetSettings
 from control_plane.cloud_settings import CloudSettings
 from control_plane.endpoints.config import Task
 from workers.engine.config import EngineConfig
@@ -328,6 +329,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
 
     @field_validator("max_token_lifetime_s", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billing.jobs import BillingJobs
 from billing.ratecard import RateCards
+from control_plane.budgets.jobs import BudgetJobs
 from control_plane.ids import utcnow
 from control_plane.query.gateway import Gateway
 from control_plane.reconciler import Reconciler
@@ -27,9 +28,14 @@ class ControlPlane:
     reconciler: Reconciler
     rate_cards: RateCards
     billing: BillingJobs
+    budgets: BudgetJobs
     generated_admin_token: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     gateway: Gateway | None = None  # the query path; started in the app's lifespan
+
+    def kick_budgets(self) -> None:
+        """Read budgets again now (after a change), so the gateway admits by the new ones."""
+        self.budgets.refresh(utcnow())
 
     def check_capacity(self, worker: Any) -> None:
         self.provider.check_supported(worker)

@@ -28,13 +28,13 @@ from sqlalchemy import and_, or_, select
 
 from control_plane.api.deps import CallerDep, SessionDep
 from control_plane.api.paging import PageCursor
-from control_plane.api.tokens import StorableText
 from control_plane.audit.actions import AuditAction
 from control_plane.audit.events import AuditEvent
 from control_plane.auth.principals import scoped_workspace
 from control_plane.billing_api.listing import parse_time
 from control_plane.db.models import AuditRecord
 from control_plane.errors import InvalidParameter, PermissionDenied
+from control_plane.text import StorableText
 
 router = APIRouter(prefix="/api/2.0/audit-log", tags=["audit-log"])
 

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.api.tokens import Empty, StorableText, forget_credentials
+from control_plane.api.tokens import Empty, forget_credentials
 from control_plane.auth import Caller
 from control_plane.auth.principals import (
     PrincipalKind,
@@ -36,6 +36,7 @@ from control_plane.db.models import Principal
 from control_plane.errors import InvalidParameter
 from control_plane.ids import utcnow
 from control_plane.state import ControlPlane
+from control_plane.text import StorableText
 
 router = APIRouter(prefix="/api/2.0/preview/scim/v2", tags=["scim"])
 

@@ -24,7 +24,6 @@ from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
 from control_plane.api.tokens import (
     MAX_LIFETIME_S,
     Empty,
-    StorableText,
     TokenInfo,
     forget_credentials,
 )
@@ -40,6 +39,7 @@ from control_plane.auth.tokens import expiry, minter_expiry
 from control_plane.db.models import Principal, Token
 from control_plane.errors import InvalidParameter, NotFound
 from control_plane.ids import utcnow
+from control_plane.text import StorableText
 
 router = APIRouter(prefix="/api/2.0/token-management", tags=["token-management"])
 WHAT = "other principals' tokens"

@@ -6,11 +6,8 @@ than the expiry of the token the request came with."""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated
-
 from fastapi import APIRouter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
@@ -20,19 +17,10 @@ from control_plane.db.models import Principal, Token
 from control_plane.errors import NotFound
 from control_plane.ids import to_millis, utcnow
 from control_plane.state import ControlPlane
+from control_plane.text import StorableText
 
 router = APIRouter(prefix="/api/2.0/token", tags=["tokens"])
 MAX_LIFETIME_S = 100 * 365 * 86_400  # longer ones overflow the expiry date; omit for never
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, lone surrogates: no database stores them
-
-
-def _storable(text: str) -> str:
-    if _UNSTORABLE.search(text):
-        raise ValueError("must not hold NUL (\\u0000) or a lone surrogate")
-    return text
-
-
-StorableText = Annotated[str, AfterValidator(_storable)]
 
 
 class CreateToken(BaseModel):

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from billing.settings import Cloud
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
-from control_plane.api.tokens import StorableText
 from control_plane.auth import Caller, issue_token
 from control_plane.auth.tokens import IssuedToken, expiry, minter_expiry
 from control_plane.db.models import GroupMember, Principal, Workspace
@@ -21,6 +20,7 @@ from control_plane.errors import AlreadyExists, InvalidParameter, NotFound, Perm
 from control_plane.ids import new_workspace_id, utcnow
 from control_plane.placement import chosen_placement, stored_placement
 from control_plane.settings import Settings
+from control_plane.text import StorableText
 
 router = APIRouter(prefix="/api/2.0/workspaces", tags=["workspaces"])
 PrincipalName = Field(min_length=1, max_length=255)
@@ -64,6 +64,7 @@ class CreateGroup(BaseModel):
 class WorkspacePublic(BaseModel):
     workspace_id: str
     name: str
+    account_id: str = Field(description="its account (the budgets API's path names it)")
     cloud: Cloud
     region: str
 
@@ -71,7 +72,11 @@ class WorkspacePublic(BaseModel):
     def of(cls, workspace: Workspace, settings: Settings) -> WorkspacePublic:
         where = stored_placement(workspace.cloud, workspace.region, settings)
         return cls(
-            workspace_id=workspace.id, name=workspace.name, cloud=where.cloud, region=where.region
+            workspace_id=workspace.id,
+            name=workspace.name,
+            account_id=workspace.account_id,
+            cloud=where.cloud,
+            region=where.region,
         )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 API_PREFIX = "/api/2.0/"
+ACCOUNT_API_PREFIX = "/api/2.1/accounts/"  # account-level routes (budgets)
 CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -74,6 +75,12 @@ class AuditAction(StrEnum):
     ESTIMATE = "billing.estimate"
     STRIPE_WEBHOOK = "billing.stripe-webhook"
     LIST_AUDIT_LOG = "audit-log.list"
+    CREATE_BUDGET = "budgets.create"
+    LIST_BUDGETS = "budgets.list"
+    GET_BUDGET = "budgets.get"
+    UPDATE_BUDGET = "budgets.update"
+    DELETE_BUDGET = "budgets.delete"
+    GET_BUDGET_SPEND_STATUS = "budgets.get-spend-status"
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ _ENDPOINTS = "/api/2.0/serving-endpoints"
 _SCIM = "/api/2.0/preview/scim/v2"
 _TOKENS = "/api/2.0/token-management"
 _BILLING = "/api/2.0/billing"
+_BUDGETS = "/api/2.1/accounts/{account_id}"
 
 # (method, route path without a trailing slash) -> entry.
 CATALOGUE: dict[tuple[str, str], Audited] = {
@@ -167,6 +175,18 @@ CATALOGUE: dict[tuple[str, str], Audited] = {
     ("GET", f"{_BILLING}/estimate"): Audited(A.ESTIMATE, reads_recorded=True),
     ("POST", f"{_BILLING}/stripe/webhook"): Audited(A.STRIPE_WEBHOOK),
     ("GET", "/api/2.0/audit-log"): Audited(A.LIST_AUDIT_LOG),
+    ("POST", f"{_BUDGETS}/budgets"): Audited(
+        A.CREATE_BUDGET,
+        body={"display_name": "budget.display_name"},
+        answer={"budget_configuration_id": "budget.budget_configuration_id"},
+    ),
+    ("GET", f"{_BUDGETS}/budgets"): Audited(A.LIST_BUDGETS, reads_recorded=True),
+    ("GET", f"{_BUDGETS}/budgets/{{budget_id}}"): Audited(A.GET_BUDGET, reads_recorded=True),
+    ("PUT", f"{_BUDGETS}/budgets/{{budget_id}}"): Audited(A.UPDATE_BUDGET),
+    ("DELETE", f"{_BUDGETS}/budgets/{{budget_id}}"): Audited(A.DELETE_BUDGET),
+    ("GET", f"{_BUDGETS}/budget-spend-statuses/{{budget_id}}"): Audited(
+        A.GET_BUDGET_SPEND_STATUS, reads_recorded=True
+    ),
 }
 
 

@@ -23,6 +23,7 @@ class Actor(StrEnum):
     USER = "user"
     SERVICE_PRINCIPAL = "service_principal"
     UNKNOWN = "unknown"
+    SYSTEM = "system"  # moeserve itself (e.g. a budget threshold crossed)
 
 
 DENIED_STATUSES = frozenset({401, 403, 404})

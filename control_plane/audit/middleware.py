@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.audit.actions import (
+    ACCOUNT_API_PREFIX,
     API_PREFIX,
     CHANGING_METHODS,
     Audited,
@@ -52,7 +53,9 @@ class AuditTrail:
         self.write = write
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(
+            (API_PREFIX, ACCOUNT_API_PREFIX)
+        ):
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})  # shared with the route's `request.state`

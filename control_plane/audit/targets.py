@@ -10,16 +10,15 @@ secret in the log."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from control_plane.audit.actions import Audited
 from control_plane.auth.tokens import TOKEN_PREFIX
+from control_plane.text import scrubbed
 
 MAX_VALUE_LENGTH = 255
 REDACTED = "[REDACTED]"
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def target_of(
@@ -43,7 +42,7 @@ def shown(value: Any) -> str:
     text = str(value)
     if TOKEN_PREFIX in text.lower():
         return REDACTED
-    return _UNSTORABLE.sub("\ufffd", text[:MAX_VALUE_LENGTH])
+    return scrubbed(text[:MAX_VALUE_LENGTH])
 
 
 def _json(document: bytes) -> Any:

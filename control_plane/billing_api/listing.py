@@ -24,8 +24,7 @@ from pydantic import BaseModel
 from billing.ledger.models import ID_LENGTH
 from control_plane.auth import Caller
 from control_plane.errors import InvalidParameter, PermissionDenied
-
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, lone surrogates: no database takes them
+from control_plane.text import UNSTORABLE
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, true
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control_plane.audit.events import Actor, AuditResult
+from control_plane.budgets.config import StoredBudget
 from control_plane.db.base import Base, Id, Name, Timestamp
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.config import EndpointConfig, EndpointTag, Task
 from control_plane.endpoints.states import ConfigUpdate, Deployments, Ready
-from persistence.columns import EnumText, PydanticJson
+from persistence.columns import EnumText, PydanticJson, UtcDateTime
 
 
 class Account(Base):
@@ -213,3 +224,50 @@ class AuditRecord(Base):
     __table_args__ = (
         Index("ix_audit_log_workspace_time", "workspace_id", "event_time", "event_id"),
     )
+
+
+class Budget(Base):
+    """An account's budget (`control_plane.budgets`): its filter and alert thresholds."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID, as Databricks'
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    config: Mapped[StoredBudget] = mapped_column(PydanticJson(StoredBudget))
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+
+class BudgetCrossing(Base):
+    """A threshold crossed in one period: written once (its key is unique), in the same
+    transaction as its webhook deliveries, so each crossing notifies exactly once."""
+
+    __tablename__ = "budget_crossings"
+
+    alert_configuration_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    threshold: Mapped[str] = mapped_column(String(32), primary_key=True)
+    budget_id: Mapped[str] = mapped_column(String(36), index=True)
+    spend: Mapped[str] = mapped_column(String(40))
+    crossed_at: Mapped[Timestamp]
+
+
+class WebhookDelivery(Base):
+    """One signed POST to send (an outbox row): retried with backoff until the receiver
+    answers 2xx; `claimed_until` keeps two control planes from sending it at once."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[Id]
+    budget_id: Mapped[str] = mapped_column(String(36))
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[Timestamp]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Timestamp]
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+    __table_args__ = (Index("ix_webhook_deliveries_due", "delivered_at", "next_attempt_at"),)

@@ -39,6 +39,7 @@ from datetime import datetime
 from types import TracebackType
 
 from billing.ledger import InferencePayload, UsageLedger, UsageRow
+from control_plane.budgets.guard import BudgetGuard, Hold
 from control_plane.endpoints.config import ServedEntity
 from control_plane.errors import ApiError
 from control_plane.query.metrics import GatewayMetrics
@@ -67,6 +68,8 @@ class Accounting:
         ledger: UsageLedger,
         limiter: RateLimiter,
         metrics: GatewayMetrics,
+        budgets: BudgetGuard | None = None,
+        budget_hold: Hold | None = None,
     ) -> None:
         self.request_id = request_id
         self.target = target
@@ -82,6 +85,8 @@ class Accounting:
         self._ledger = ledger
         self._limiter = limiter
         self._metrics = metrics
+        self._budgets = budgets
+        self._budget_hold = budget_hold  # the blocking budgets' reservation, settled last
         self._started = time.monotonic()
         self._last_chunk_at: float | None = None
         self._checkpointed = Usage(0, 0)  # the usage of the last checkpoint
@@ -185,7 +190,19 @@ class Accounting:
                 await self._limiter.settle(self._reservation, self.usage.total_tokens)
         except Exception:  # a limiter outage must not lose the usage row
             log.exception("settling rate limits of %s failed", self.request_id)
-        await self._ledger.record(row, inference)
+        try:
+            await self._ledger.record(row, inference)
+        finally:  # committed (or lost): the reservation becomes what it cost
+            self._settle_budgets()
+
+    def _settle_budgets(self) -> None:
+        if self._budgets is None or self._budget_hold is None:
+            return
+        usage, workspace = self.usage, self.target.caller.workspace_id
+        cost = self._budgets.query_cost(
+            self.entity, workspace, usage.prompt_tokens, usage.completion_tokens
+        )
+        self._budgets.settle(self._budget_hold, cost)
 
     def _row(self, status: int) -> UsageRow:
         """The usage row as it stands, with `status`."""

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from billing.ledger import UsageLedger
+from control_plane.budgets.guard import BudgetGuard
 from control_plane.db.models import Endpoint
 from control_plane.endpoints.config import ServedEntity
 from control_plane.endpoints.metrics import EndpointLabels
@@ -47,6 +48,7 @@ class Gateway:
     replicas: Replicas
     app_statuses: Callable[[], dict[str, AppStatus]]  # the reconciler's last view
     tokenizers: Tokenizers = field(default_factory=Tokenizers)
+    budgets: BudgetGuard = field(default_factory=BudgetGuard)  # the plane's, once started
     _sampler: asyncio.Task[None] | None = None
     _sampled: set[tuple[EndpointLabels, str]] = field(default_factory=set)  # gauged entities
     _checkpoint_keeper: asyncio.Task[None] | None = None

@@ -45,6 +45,7 @@ from control_plane.errors import (
 from control_plane.ids import to_millis, utcnow
 from control_plane.query import responses, traffic
 from control_plane.query.accounting import Accounting
+from control_plane.query.budget_admission import hold_budget
 from control_plane.query.gateway import Gateway
 from control_plane.query.ratelimit.limiter import (
     RateLimited,
@@ -200,7 +201,13 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
         prompt_tokens = await _large_prompt_tokens(gateway, target, prompt, candidates[0])
     else:
         prompt_tokens = sum(map(len, prompt.of(candidates[0]))) if limits_tokens else 0
-    reservation = await _admit(gateway, target, request_id, prompt_tokens)
+    hold = await hold_budget(gateway.budgets, target, request_id, body, prompt, candidates)
+    try:
+        reservation = await _admit(gateway, target, request_id, prompt_tokens)
+    except BaseException:
+        if hold is not None:
+            gateway.budgets.release(hold)
+        raise
     accounting = Accounting(
         request_id=request_id,
         target=target,
@@ -214,6 +221,8 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
         ledger=gateway.ledger,
         limiter=gateway.limiter,
         metrics=gateway.metrics,
+        budgets=gateway.budgets,
+        budget_hold=hold,
     )
     query = Query(gateway, authorization, target, candidates, prompt, accounting)
     # 6-9. account (one usage row, whatever happens) around dispatch and shaping

@@ -30,7 +30,13 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select, text
 
 from control_plane.app import routers
-from control_plane.audit.actions import API_PREFIX, CATALOGUE, AuditAction, catalogued
+from control_plane.audit.actions import (
+    ACCOUNT_API_PREFIX,
+    API_PREFIX,
+    CATALOGUE,
+    AuditAction,
+    catalogued,
+)
 from control_plane.db.models import AuditRecord
 from tests.control_plane.conftest import ADMIN_TOKEN, LiveServer, live_server, make_settings
 from tests.control_plane.fake_provider import InstantProvider
@@ -372,13 +378,14 @@ def test_a_failed_audit_write_fails_no_request(
 
 
 def test_every_management_route_has_a_named_action() -> None:
-    """A route added under /api/2.0/ without a catalogue entry would be recorded under a
-    name derived from its function: name it in control_plane/audit/actions.py."""
+    """A route added under /api/2.0/ or /api/2.1/accounts/ without a catalogue entry would
+    be recorded under a name derived from its function: name it in
+    control_plane/audit/actions.py."""
     routes = {
         (method, route.path.rstrip("/"))
         for router in routers()
         for route in router.routes
-        if isinstance(route, APIRoute) and route.path.startswith(API_PREFIX)
+        if isinstance(route, APIRoute) and route.path.startswith((API_PREFIX, ACCOUNT_API_PREFIX))
         for method in route.methods or ()
     }
     assert {r for r in routes if catalogued(*r) is None} == set()

@@ -452,6 +452,7 @@ SAMPLES: dict[str, Any] = {
     "clouds.worker_image": "registry.example.com/moeserve/worker:0.1.0",
     "clouds.head_address": "ray-head.example:6379",
     "clouds.ray_auth_token": "sample-ray-token",
+    "budgets.webhook_signing_secret": "whsec_budget_sample",
     "clouds.aws": {
         "installation_id": "sample-inst",
         "ami_ids": {"us-west-2": "ami-0123456789abcdef0"},

@@ -33,7 +33,7 @@ from workers.testing.instant import instant_engine_factory
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")
 CHECKS = "not_a_server_error,response_schema_conformance"
-EXAMPLES = int(os.environ.get("MOESERVE_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("MOESERVE_FUZZ_EXAMPLES", "8"))
 SEED = os.environ.get("MOESERVE_FUZZ_SEED", "20261206")
 MIN_CASES = 1_000
 

@@ -132,6 +132,9 @@ def test_kill9_mid_stream_bills_every_stream_up_to_its_last_checkpoint_once(
             "MOESERVE_WORKERS__ENGINE__KV_CACHE_TOKENS": "8192",
             "MOESERVE_RECONCILE_INTERVAL_S": "0.5",
             "MOESERVE_RAY_NUM_CPUS": "4",
+            # The dead process's open rows are settled this long after its last refresh:
+            # shorter than the 60 s default, so the test waits 20 s instead of a minute.
+            "MOESERVE_GATEWAY__USAGE_CHECKPOINT_STALE_S": "20",
             "MOESERVE_SHARED_ENDPOINTS": json.dumps(
                 [{"name": "databricks-dbrx-tiny", "entity_name": "dbrx-tiny"}]
             ),

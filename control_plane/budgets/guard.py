@@ -92,8 +92,12 @@ class BudgetGuard:
         self._settled: list[tuple[float, str, Decimal]] = []  # (when, alert id, amount)
 
     def apply(self, snapshot: Snapshot) -> None:
-        """Take a new snapshot: settled queries committed before it began are in it."""
+        """Take a new snapshot: settled queries committed before it began are in it. One
+        older than the current (two refreshes raced: a pass and an API change) is dropped:
+        it may miss queries whose settled entries the newer one already let go."""
         with self._lock:
+            if snapshot.began < self._snapshot.began:
+                return
             self._snapshot = snapshot
             self._settled = [s for s in self._settled if s[0] >= snapshot.began]
 

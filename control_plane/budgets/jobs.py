@@ -48,25 +48,36 @@ class BudgetJobs:
     passes: int = 0
 
     async def run_forever(self, clock: Callable[[], datetime]) -> None:
+        """Two loops: passes (spend, guard, crossings) and deliveries, so a slow webhook
+        receiver never delays the guard's next snapshot."""
+        await asyncio.gather(
+            self._loop("budgets pass", lambda: self.run_once(clock())),
+            self._loop(
+                "budget webhooks", lambda: deliver_due(self.sessions, self.settings, clock())
+            ),
+        )
+
+    async def _loop(self, what: str, step: Callable[[], object]) -> None:
         failing = False
         while True:
             try:
-                await asyncio.to_thread(self.run_once, clock())
+                await asyncio.to_thread(step)
             except Exception:  # logged once per outage, not every second
                 if not failing:
-                    log.exception("budgets pass failed; retrying every pass until it works")
+                    log.exception(
+                        "%s failed; retrying every %s s", what, self.settings.refresh_interval_s
+                    )
                 failing = True
             else:
                 if failing:
-                    log.info("budgets pass works again")
+                    log.info("%s works again", what)
                 failing = False
             await asyncio.sleep(self.settings.refresh_interval_s)
 
     def run_once(self, now: datetime) -> None:
-        crossings = self.refresh(now)
-        for crossing in crossings:
+        """One pass: read every budget's spend, hand it to the guard, record crossings."""
+        for crossing in self.refresh(now):
             self._record_crossing(*crossing, now)
-        deliver_due(self.sessions, self.settings, now)
         self.passes += 1
 
     def refresh(self, now: datetime) -> list[tuple[Budget, str, Decimal, datetime]]:
@@ -88,13 +99,15 @@ class BudgetJobs:
             by_account: dict[str, list[Budget]] = {}
             for budget in budgets:
                 by_account.setdefault(budget.account_id, []).append(budget)
+            starts = {
+                a.alert_configuration_id: period_start(a.time_period, now)
+                for b in budgets
+                for a in b.config.alert_configurations
+            }
+            earliest = min(starts.values(), default=now)
+            live = reader.live(session, earliest, now) if budgets else {}
             for account_id, owned in by_account.items():
-                starts = {
-                    a.alert_configuration_id: period_start(a.time_period, now)
-                    for b in owned
-                    for a in b.config.alert_configurations
-                }
-                lines = reader.lines(session, account_id, min(starts.values()), now)
+                lines = reader.stored(session, account_id, earliest) + live.get(account_id, [])
                 for budget in owned:
                     for alert in budget.config.alert_configurations:
                         key, start = (

@@ -98,16 +98,16 @@ class SpendReader:
     context: MeteringContext
     _stored: dict[tuple[str, datetime], _Stored] = field(default_factory=dict)
 
-    def lines(
-        self, session: Session, account_id: str, start: datetime, now: datetime
-    ) -> list[Line]:
-        return self._stored_lines(session, account_id, start) + [
-            Line.of(r)
-            for r in live_records(session, self.context, now, UsageFilters(start_time=start))
-            if r.account_id == account_id and r.usage_start_time >= start
-        ]
+    def live(self, session: Session, start: datetime, now: datetime) -> dict[str, list[Line]]:
+        """The hours metering has not stored yet, by account (one read for every account)."""
+        by_account: dict[str, list[Line]] = {}
+        for record in live_records(session, self.context, now, UsageFilters(start_time=start)):
+            if record.usage_start_time >= start:
+                by_account.setdefault(record.account_id, []).append(Line.of(record))
+        return by_account
 
-    def _stored_lines(self, session: Session, account_id: str, start: datetime) -> list[Line]:
+    def stored(self, session: Session, account_id: str, start: datetime) -> list[Line]:
+        """The account's stored records since `start` (read again only when they changed)."""
         where = (UsageRecord.account_id == account_id, UsageRecord.usage_start_time >= start)
         fingerprint = tuple(
             session.execute(

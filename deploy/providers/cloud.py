@@ -59,6 +59,7 @@ from workers.serve.config import WorkerAppConfig
 log = logging.getLogger(__name__)
 
 HeadAddress = Callable[[], str]
+SWEEP_EVERY = 10  # syncs between sweeps for leftovers without a group
 
 
 @dataclass(frozen=True)
@@ -190,21 +191,34 @@ class CloudProvider:
 
     def sync(self) -> None:
         """Scale each group to what its apps want, release the ones no app holds (twice in
-        a row). Cloud errors are logged; the next sync tries again."""
+        a row); every `SWEEP_EVERY` syncs, also what a crash left without a group (a
+        template made just before the control plane died). Cloud errors are logged (any
+        exception: a cloud SDK raises its own); the next sync tries again."""
         self._last_sync = time.monotonic()
         self.syncs += 1
         wanted, unknown = _wanted_nodes(self.cluster.list_apps(""))
         for cloud, groups in self.clouds.items():
             try:
                 owned = groups.list_owned()
-            except NodeGroupError:
+            except Exception:
                 log.exception("listing %s node groups failed", cloud)
                 continue
             for group in owned:
                 try:
                     self._sync_group(groups, group, wanted, unknown)
-                except NodeGroupError:
+                except Exception:
                     log.exception("syncing node group %s failed", group.name)
+            if self.syncs % SWEEP_EVERY == 0:
+                # Every group that exists is kept: only leftovers without one go. A template
+                # another control plane is between creating and using is rare, and its
+                # ensure is simply retried on the next tick.
+                try:
+                    swept = groups.sweep_orphans({g.name for g in owned})
+                except Exception:
+                    log.exception("sweeping %s leftovers failed", cloud)
+                else:
+                    if swept:
+                        log.info("released %s leftovers of %s", cloud, ", ".join(swept))
 
     def _sync_group(
         self, groups: NodeGroups, group: NodeGroup, wanted: Counter[str], unknown: set[str]

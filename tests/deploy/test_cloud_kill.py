@@ -114,7 +114,7 @@ def test_a_kill_between_cloud_calls_leaves_one_group_and_delete_leaves_nothing(
 
         with moeserve_run(tmp_path, port, env) as second, second.client(token) as client:
             wait_for(lambda: len(_inventory(moto_url)["groups"]) == 1, 30 + LEASE_TTL_S, "a group")
-            time.sleep(3)  # several reconcile ticks and syncs: nothing doubles
+            time.sleep(1.5)  # three reconcile ticks and syncs: nothing doubles
             inventory = _inventory(moto_url)
             assert len(inventory["groups"]) == len(inventory["templates"]) == 1, inventory
             assert len(inventory["instances"]) == 1

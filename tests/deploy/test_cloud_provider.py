@@ -116,7 +116,8 @@ class Groups:
         return list(self.groups.values())
 
     def sweep_orphans(self, owned_names: set[str]) -> list[str]:
-        raise AssertionError("the provider releases groups itself")
+        self.calls.append(("sweep", frozenset(owned_names)))
+        return []
 
 
 def _placement(entity: str = "llm", **kw: Any) -> Placement:
@@ -186,6 +187,29 @@ def test_the_group_follows_the_sum_of_its_apps_targets_then_is_released(parts):
     assert name in groups.groups, "one sync without an app is not enough to release"
     provider.sync()
     assert groups.calls[-1] == ("release", name) and groups.groups == {}
+
+
+def test_an_app_scaled_to_zero_scales_its_group_to_zero_and_keeps_it(parts):
+    provider, cluster, groups = parts
+    provider.deploy(AppSpec("ms-ep1-llm-a", _worker(2), _placement()))
+    name = groups.calls[0][1].name
+    cluster.apps["ms-ep1-llm-a"] = AppSpec(
+        "ms-ep1-llm-a", cluster.apps["ms-ep1-llm-a"].worker.model_copy(update={"num_replicas": 0})
+    )  # Serve's autoscaler parked it
+    provider.sync()
+    provider.sync()
+    assert groups.calls[-1] == ("scale", (name, 0)) and name in groups.groups
+
+
+def test_leftovers_are_swept_every_few_syncs_keeping_every_group_that_exists(parts):
+    from deploy.providers.cloud import SWEEP_EVERY
+
+    provider, _, groups = parts
+    provider.deploy(AppSpec("ms-ep1-llm-a", _worker(), _placement()))
+    for _ in range(SWEEP_EVERY):
+        provider.sync()
+    sweeps = [arg for call, arg in groups.calls if call == "sweep"]
+    assert sweeps == [frozenset(groups.groups)]
 
 
 def test_a_group_ensured_just_now_is_not_released_before_its_app_shows(parts):

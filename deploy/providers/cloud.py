@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 
 HeadAddress = Callable[[], str]
 SWEEP_EVERY = 10  # syncs between sweeps for leftovers without a group
+# After every shape was refused, the same app asks the cloud again only after this (doubling
+# with each refusal, up to the maximum): the reconciler redeploys a failed live app every
+# tick, and a cloud out of capacity must not be asked every second.
+REFUSAL_BACKOFF_S = 30.0
+MAX_REFUSAL_BACKOFF_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class CloudProvider:
         self._lock = threading.Lock()
         self._ensured: dict[str, _Ensured] = {}  # by the group's Ray resource
         self._refused: dict[str, AppStatus] = {}  # apps whose placement failed, by name
+        self._retry_at: dict[str, tuple[float, int]] = {}  # app -> (when, refusals so far)
         self._unowned: set[str] = set()  # groups no app held at the last sync
         self._last_sync = float("-inf")
         self.syncs = 0
@@ -134,13 +140,20 @@ class CloudProvider:
         if current is not None and current.phase not in (AppPhase.DELETING, AppPhase.FAILED):
             return  # the name encodes the config: nothing to change
         placement = spec.placement
+        with self._lock:
+            retry = self._retry_at.get(spec.name)
+        if retry is not None and time.monotonic() < retry[0]:
+            return  # refused a moment ago: its FAILED status stands until the backoff ends
         try:
             node_spec = self._node_spec(spec.name, placement, spec.worker)
             group = self.clouds[placement.cloud].ensure(node_spec)
         except (NodeGroupError, ShapeRefused) as exc:
             message = exc.cloud_message if isinstance(exc, CapacityError) else str(exc)
             log.warning("node group for %s failed: %s", spec.name, message)
+            refusals = (retry[1] if retry else 0) + 1
+            delay = min(REFUSAL_BACKOFF_S * 2 ** (refusals - 1), MAX_REFUSAL_BACKOFF_S)
             with self._lock:
+                self._retry_at[spec.name] = (time.monotonic() + delay, refusals)
                 self._refused[spec.name] = AppStatus(
                     spec.name,
                     AppPhase.FAILED,
@@ -152,6 +165,7 @@ class CloudProvider:
         resource = node_resource(group.name)
         with self._lock:
             self._refused.pop(spec.name, None)
+            self._retry_at.pop(spec.name, None)
             self._ensured[resource] = _Ensured(placement.cloud, group, time.monotonic())
             self._unowned.discard(resource)
         log.info(
@@ -179,6 +193,7 @@ class CloudProvider:
     def delete(self, name: str) -> None:
         with self._lock:
             self._refused.pop(name, None)
+            self._retry_at.pop(name, None)
         self.cluster.delete(name)  # its group follows at the next sync
 
     def handle(self, name: str) -> Any:

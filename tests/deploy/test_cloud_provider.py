@@ -221,7 +221,7 @@ def test_a_group_ensured_just_now_is_not_released_before_its_app_shows(parts):
     assert [c for c, _ in groups.calls] == ["ensure"]
 
 
-def test_a_capacity_refusal_fails_the_app_with_the_clouds_message(parts):
+def test_a_capacity_refusal_fails_the_app_and_the_cloud_is_asked_again_after_a_backoff(parts):
     provider, cluster, groups = parts
     groups.refuse = True
     provider.deploy(AppSpec("ms-ep1-llm-a", _worker(), _placement()))
@@ -230,6 +230,13 @@ def test_a_capacity_refusal_fails_the_app_with_the_clouds_message(parts):
     assert status.phase == AppPhase.FAILED
     assert "InsufficientInstanceCapacity: none left in us-east-1a" in status.message
     assert cluster.apps == {}  # nothing deployed without capacity
+    provider.deploy(AppSpec("ms-ep1-llm-a", _worker(), _placement()))  # the next tick
+    assert [c for c, _ in groups.calls] == ["ensure"], "asked the cloud again at once"
+    provider._retry_at["ms-ep1-llm-a"] = (0.0, 1)  # the backoff is over
+    groups.refuse = False
+    provider.deploy(AppSpec("ms-ep1-llm-a", _worker(), _placement()))
+    assert [c for c, _ in groups.calls] == ["ensure", "ensure"]
+    assert provider.list_apps("ms-")["ms-ep1-llm-a"].phase == AppPhase.DEPLOYING
     provider.delete("ms-ep1-llm-a")
     assert provider.list_apps("ms-") == {}
 

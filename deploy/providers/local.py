@@ -116,8 +116,10 @@ class LocalRayProvider:
 
     def check_supported(self, workload: Workload) -> None:
         """Refuse what this cluster can never host (`ray_capacity.never_fits`): what other
-        applications hold now does not count here; `shortfall` tells that."""
+        applications hold now does not count here; `shortfall` tells that. A group placed
+        in a cloud is refused: no cloud is configured when this provider runs alone."""
         self._require_started()
+        _refuse_placed(workload.placed())
         nodes = [node_capacity(node["Resources"]) for node in ray.nodes() if node["Alive"]]
         cluster = f"the Ray cluster at {self.address}" if self.address else "the local Ray"
         problem = never_fits(workload, nodes, cluster)
@@ -131,6 +133,10 @@ class LocalRayProvider:
     # -- applications ----------------------------------------------------------------------
 
     def deploy(self, spec: AppSpec) -> None:
+        if spec.placement is not None:  # never deployed here instead of in its cloud
+            _refuse_placed(
+                (ReplicaGroup(spec.name, replica_shape(spec.worker), 1, spec.placement),)
+            )
         with self._deploy_lock:  # no second deploy of the same name between check and act
             current = self.status(spec.name)
             if current is not None and current.phase not in (AppPhase.DELETING, AppPhase.FAILED):
@@ -226,6 +232,15 @@ class LocalRayProvider:
     def _app_details(self, name: str) -> AppView | None:
         raw = self._serve_details()["applications"].get(name)
         return None if raw is None else AppView.model_validate(raw)
+
+
+def _refuse_placed(groups: tuple[ReplicaGroup, ...]) -> None:
+    for group in groups:
+        assert group.placement is not None
+        raise UnsupportedCapacity(
+            f"served entity {group.name!r} runs in {group.placement.cloud}, which is not "
+            f"configured on this installation (clouds.{group.placement.cloud})"
+        )
 
 
 def app_status(app: AppView) -> AppStatus:

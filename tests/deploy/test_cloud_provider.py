@@ -310,3 +310,18 @@ def test_moeserve_run_without_cloud_credentials_stops_at_once_saying_what_to_set
     assert done.returncode == 2, done.stdout + done.stderr
     assert "moeserve: cannot start: aws: no AWS credentials found: set AWS_" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_ray_provider_alone_refuses_an_app_placed_in_a_cloud() -> None:
+    """A cloud workspace's entity is never deployed on the local cluster instead (e.g. after
+    its cloud was removed from the settings): refused, naming the missing configuration."""
+    from deploy.providers.local import LocalRayProvider
+
+    provider = LocalRayProvider()
+    provider._started = True  # no Ray needed: the refusal comes before any cluster call
+    spec = AppSpec("ms-ep1-llm-a", _worker(), _placement())
+    with pytest.raises(UnsupportedCapacity, match=r"runs in aws, which is not configured"):
+        provider.deploy(spec)
+    shape = replica_shape(_worker())
+    with pytest.raises(UnsupportedCapacity, match=r"clouds\.aws"):
+        provider.check_supported(Workload((ReplicaGroup("llm", shape, 1, _placement()),)))

@@ -34,6 +34,7 @@ from control_plane.db.models import Budget
 from control_plane.errors import InvalidParameter, NotFound, PermissionDenied
 from control_plane.ids import to_millis, utcnow
 from control_plane.state import ControlPlane
+from control_plane.text import UNSTORABLE
 
 router = APIRouter(prefix="/api/2.1/accounts/{account_id}", tags=["budgets"])
 
@@ -46,7 +47,9 @@ def _account(caller: Caller, account_id: str) -> None:
 
 
 def _budget(session: Session, caller: Caller, budget_id: str) -> Budget:
-    budget = session.get(Budget, budget_id) if len(budget_id) <= 36 else None
+    # A budget id is a UUID: anything longer, or text no database stores, names none.
+    storable = len(budget_id) <= 36 and not UNSTORABLE.search(budget_id)
+    budget = session.get(Budget, budget_id) if storable else None
     if budget is None or budget.account_id != caller.account_id:
         raise NotFound(f"budget {budget_id!r} does not exist")
     return budget

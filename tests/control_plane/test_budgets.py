@@ -140,6 +140,8 @@ def test_the_sdk_manages_budgets_and_bad_ones_are_refused(server: LiveServer) ->
         client.budgets.get(created.budget_configuration_id)
     with pytest.raises((InvalidParameterValue, NotFound)):
         client.budgets.get("0" * 200)
+    with server.client() as http:  # NUL in the path: a 404, not a database error
+        assert http.get(f"/api/2.1/accounts/{account}/budgets/a%00b").status_code == 404
 
 
 def test_a_blocking_budget_stops_32_concurrent_clients_within_its_limit_then_lets_through(

@@ -38,6 +38,18 @@ class Placements:
         return self.workspaces.get(workspace_id, (self.cloud, self.region))
 
 
+def resolve_placement(
+    row_cloud: str | None, row_region: str | None, cloud: str, region: str
+) -> tuple[str, str]:
+    """A workspace row's cloud and region: NULL columns mean the installation's `cloud` and
+    `region`; a row naming another cloud only is in that cloud's default region. The one
+    rule, for billing and for the control plane alike."""
+    chosen = row_cloud or cloud
+    if row_region is not None:
+        return chosen, row_region
+    return chosen, region if chosen == cloud else DEFAULT_REGIONS[chosen]  # type: ignore[index]
+
+
 def load_placements(connection: Connection, cloud: str, region: str) -> Placements:
     """Every workspace with its own cloud or region (a row naming a cloud only is in that
     cloud's default region). A database without a `workspaces` table (billing alone) has
@@ -51,7 +63,5 @@ def load_placements(connection: Connection, cloud: str, region: str) -> Placemen
     )
     placed: dict[str, tuple[str, str]] = {}
     for workspace_id, row_cloud, row_region in rows:
-        chosen = row_cloud or cloud
-        fallback = region if chosen == cloud else DEFAULT_REGIONS[chosen]  # type: ignore[index]
-        placed[workspace_id] = (chosen, row_region or fallback)
+        placed[workspace_id] = resolve_placement(row_cloud, row_region, cloud, region)
     return Placements(cloud, region, placed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from billing.placements import resolve_placement
 from billing.settings import DEFAULT_REGIONS, Cloud
 from billing.skus import REGIONS
 from control_plane.endpoints.config import ServedEntity
@@ -44,11 +45,9 @@ class WorkspacePlacement(BaseModel):
 def stored_placement(
     cloud: str | None, region: str | None, settings: Settings
 ) -> WorkspacePlacement:
-    """A workspace row's placement; NULL columns mean the installation's."""
-    chosen: Cloud = settings.cloud if cloud is None else _cloud(cloud)
-    if region is None:
-        region = settings.billing_region() if chosen == settings.cloud else DEFAULT_REGIONS[chosen]
-    return WorkspacePlacement(cloud=chosen, region=region)
+    """A workspace row's placement; NULL columns mean the installation's (billing's rule)."""
+    chosen, where = resolve_placement(cloud, region, settings.cloud, settings.billing_region())
+    return WorkspacePlacement(cloud=_cloud(chosen), region=where)
 
 
 def chosen_placement(

@@ -33,10 +33,13 @@ from control_plane.api import (
 )
 from control_plane.audit.middleware import AuditTrail
 from control_plane.audit.recorder import record as record_audit_event
+from control_plane.billing_api import endpoint_stats as billing_endpoint_stats
 from control_plane.billing_api import estimate as billing_estimate
 from control_plane.billing_api import invoices as billing_invoices
 from control_plane.billing_api import records as billing_records
+from control_plane.billing_api import summary as billing_summary
 from control_plane.billing_api import usage as billing_usage
+from control_plane.billing_api import viewer as billing_viewer
 from control_plane.bootstrap import bootstrap
 from control_plane.budgets.jobs import BudgetJobs
 from control_plane.db import build_engine, session_factory, upgrade
@@ -155,6 +158,9 @@ def routers() -> list[APIRouter]:
         billing_records.router,
         billing_invoices.router,
         billing_estimate.router,
+        billing_summary.router,
+        billing_endpoint_stats.router,
+        billing_viewer.router,
         budgets.router,
         audit.router,
         discovery.router,

@@ -58,6 +58,9 @@ class EndpointUsage(BillingBase):
     output_token_count: Mapped[int] = mapped_column(Integer)
     request_streaming: Mapped[bool] = mapped_column(Boolean)
     usage_context: Mapped[dict[str, str] | None]
+    # Admission to the final byte, in ms; NULL for a request settled from a checkpoint
+    # after its process died (how long it ran is unknown).
+    execution_duration_ms: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_endpoint_usage_endpoint_id_request_time", "endpoint_id", "request_time"),

@@ -46,6 +46,7 @@ class UsageRow:
     workspace_id: str | None = None
     client_request_id: str | None = None
     usage_context: dict[str, str] | None = field(default=None, hash=False)
+    execution_duration_ms: int | None = None
 
     def __post_init__(self) -> None:
         _require_text("databricks_request_id", self.databricks_request_id, REQUEST_ID_LENGTH)
@@ -66,6 +67,8 @@ class UsageRow:
             raise ValueError("request_time must be timezone-aware (UTC)")
         if not 100 <= self.status_code <= 599:
             raise ValueError(f"status_code {self.status_code} is not an HTTP status")
+        if self.execution_duration_ms is not None and self.execution_duration_ms < 0:
+            raise ValueError("execution_duration_ms must be >= 0")
         for name in ("input_token_count", "output_token_count"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

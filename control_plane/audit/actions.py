@@ -73,6 +73,10 @@ class AuditAction(StrEnum):
     LIST_INVOICES = "billing.list-invoices"
     GET_INVOICE = "billing.get-invoice"
     ESTIMATE = "billing.estimate"
+    READ_SUMMARY = "billing.read-summary"
+    READ_ENDPOINT_STATS = "billing.read-endpoint-stats"
+    GET_INVOICE_LINE_RECORDS = "billing.get-invoice-line-records"
+    GET_VIEWER = "billing.get-viewer"
     STRIPE_WEBHOOK = "billing.stripe-webhook"
     LIST_AUDIT_LOG = "audit-log.list"
     CREATE_BUDGET = "budgets.create"
@@ -173,6 +177,12 @@ CATALOGUE: dict[tuple[str, str], Audited] = {
     ("GET", f"{_BILLING}/invoices"): Audited(A.LIST_INVOICES, reads_recorded=True),
     ("GET", f"{_BILLING}/invoices/{{invoice_id}}"): Audited(A.GET_INVOICE, reads_recorded=True),
     ("GET", f"{_BILLING}/estimate"): Audited(A.ESTIMATE, reads_recorded=True),
+    ("GET", f"{_BILLING}/summary"): Audited(A.READ_SUMMARY, reads_recorded=True),
+    ("GET", f"{_BILLING}/endpoint-stats"): Audited(A.READ_ENDPOINT_STATS, reads_recorded=True),
+    ("GET", f"{_BILLING}/invoices/{{invoice_id}}/lines/{{line_no}}/records"): Audited(
+        A.GET_INVOICE_LINE_RECORDS, reads_recorded=True
+    ),
+    ("GET", f"{_BILLING}/viewer"): Audited(A.GET_VIEWER, reads_recorded=True),
     ("POST", f"{_BILLING}/stripe/webhook"): Audited(A.STRIPE_WEBHOOK),
     ("GET", "/api/2.0/audit-log"): Audited(A.LIST_AUDIT_LOG),
     ("POST", f"{_BUDGETS}/budgets"): Audited(

@@ -10,16 +10,22 @@ import re
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from billing.invoicing import Invoice
+from billing.invoicing.models import InvoicedRecord
+from billing.records import UsageRecord
 from billing.stripe_gateway import WebhookSignatureError, handle_webhook
 from control_plane.api.deps import CallerDep, PlaneDep, SessionDep
+from control_plane.auth import Caller
 from control_plane.billing_api.listing import CSV, billing_scope, listing, storable, wants_csv
 from control_plane.billing_api.schemas import (
     InvoiceDetail,
     InvoiceLineList,
     InvoiceList,
     InvoiceRow,
+    UsageRecordList,
+    UsageRecordRow,
     WebhookResult,
 )
 from control_plane.errors import BadRequest, InvalidParameter, NotFound, TemporarilyUnavailable
@@ -51,19 +57,39 @@ def invoices(
 @router.get("/invoices/{invoice_id}", response_model=InvoiceDetail, responses=CSV)
 def invoice(invoice_id: str, request: Request, session: SessionDep, caller: CallerDep) -> Response:
     """One invoice with its lines; CSV lists the lines."""
-    if not storable(invoice_id, INVOICE_ID_LENGTH):  # no invoice has it (and NUL: a DB error)
-        raise NotFound("no invoice has this id")
-    found = session.get(Invoice, invoice_id)
-    visible = found is not None and found.account_id == caller.account_id
-    if visible and found is not None:
-        scope = billing_scope(caller, None)
-        visible = scope.workspace_id in (None, found.workspace_id)
-    if not visible or found is None:
-        raise NotFound(f"invoice {invoice_id!r} does not exist")
-    detail = InvoiceDetail.model_validate(found)
+    detail = InvoiceDetail.model_validate(_visible_invoice(session, caller, invoice_id))
     if wants_csv(request):
         return listing(request, InvoiceLineList(invoice_lines=detail.lines))
     return Response(detail.model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/invoices/{invoice_id}/lines/{line_no}/records",
+    response_model=UsageRecordList,
+    responses=CSV,
+)
+def line_records(
+    invoice_id: str, line_no: int, request: Request, session: SessionDep, caller: CallerDep
+) -> Response:
+    """The usage records an invoice line was summed from (`invoiced_records`: every record
+    is on exactly one invoice; a line is its invoice's records of one SKU and endpoint), so
+    their quantities add up to the line's DBUs. Oldest hour first."""
+    found = _visible_invoice(session, caller, invoice_id)
+    line = next((item for item in found.lines if item.line_no == line_no), None)
+    if line is None:
+        raise NotFound(f"invoice {invoice_id!r} has no line {line_no}")
+    records = session.scalars(
+        select(UsageRecord)
+        .join(InvoicedRecord, InvoicedRecord.record_id == UsageRecord.record_id)
+        .where(
+            InvoicedRecord.invoice_id == found.invoice_id,
+            UsageRecord.sku_name == line.sku_name,
+            UsageRecord.endpoint_id == line.endpoint_id,
+        )
+        .order_by(UsageRecord.usage_start_time, UsageRecord.record_id)
+    ).all()
+    page = UsageRecordList(records=[UsageRecordRow.model_validate(r) for r in records])
+    return listing(request, page)
 
 
 @router.post("/stripe/webhook", response_model=WebhookResult)
@@ -80,3 +106,18 @@ async def stripe_webhook(request: Request, plane: PlaneDep) -> WebhookResult:
     except WebhookSignatureError as exc:
         raise BadRequest(f"webhook rejected: {exc}") from None
     return WebhookResult(result=outcome)
+
+
+def _visible_invoice(session: Session, caller: Caller, invoice_id: str) -> Invoice:
+    """The invoice, if the caller may read it; a 404 otherwise (another account's or
+    workspace's invoice is as absent as one that does not exist)."""
+    if not storable(invoice_id, INVOICE_ID_LENGTH):  # no invoice has it (and NUL: a DB error)
+        raise NotFound("no invoice has this id")
+    found = session.get(Invoice, invoice_id)
+    visible = found is not None and found.account_id == caller.account_id
+    if visible and found is not None:
+        scope = billing_scope(caller, None)
+        visible = scope.workspace_id in (None, found.workspace_id)
+    if not visible or found is None:
+        raise NotFound(f"invoice {invoice_id!r} does not exist")
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
@@ -163,3 +164,111 @@ class Estimate(BaseModel):
 
 class WebhookResult(BaseModel):
     result: str
+
+
+class Granularity(StrEnum):
+    """The width of a time-series bucket (UTC hours or UTC days)."""
+
+    HOUR = "HOUR"
+    DAY = "DAY"
+
+
+class SeriesGroup(StrEnum):
+    """What a spend series is stacked by."""
+
+    ENDPOINT = "ENDPOINT"
+    SKU = "SKU"
+
+
+class Spend(BaseModel):
+    """DBUs (exact) and their list-price dollars, rounded half-even to cents once, from the
+    exact sum of DBU x $/DBU where each workspace lives (the budgets' formula)."""
+
+    dbu: ExactDecimal
+    dollars: ExactDecimal
+
+
+class SkuSpend(Spend):
+    sku_name: str
+
+
+class EndpointSpend(Spend):
+    endpoint_name: str
+    endpoint_id: str
+    workspace_id: str | None
+
+
+class SeriesPoint(Spend):
+    bucket_start: datetime = Field(description="the bucket's first instant (UTC)")
+    key: str = Field(description="the endpoint name or the SKU, as `group_by` says")
+
+
+class MonthSpend(BaseModel):
+    """The current UTC month: spent so far and a linear forecast to its end."""
+
+    month: str = Field(description="YYYY-MM (UTC)")
+    month_to_date: Spend
+    forecast: Spend = Field(
+        description="month to date x (the month's length / its time elapsed so far)"
+    )
+
+
+class BillingSummary(BaseModel):
+    """Spend over [start_time, end_time) in one read of the usage records (stored hours plus
+    the live ones, as `GET /usage` lists them), and the current month's."""
+
+    start_time: datetime
+    end_time: datetime
+    granularity: Granularity
+    group_by: SeriesGroup
+    currency: str = Field(description="ISO 4217 code of every dollar figure")
+    total: Spend
+    by_sku: list[SkuSpend] = Field(description="largest first")
+    by_endpoint: list[EndpointSpend] = Field(description="largest first")
+    series: list[SeriesPoint] = Field(description="oldest bucket first")
+    month: MonthSpend
+
+
+class EndpointStatsPoint(BaseModel):
+    bucket_start: datetime
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+
+
+class EndpointStats(BaseModel):
+    """One endpoint's traffic over [start_time, end_time), from its request-level usage rows:
+    errors are rows with a status of 400 or more; latencies are nearest-rank percentiles
+    of the rows that carry one (a request cut short by a crash has none)."""
+
+    endpoint_name: str
+    start_time: datetime
+    end_time: datetime
+    granularity: Granularity
+    requests: int
+    errors: int
+    error_rate: ExactDecimal = Field(description="errors / requests (0 when no requests)")
+    input_tokens: int
+    output_tokens: int
+    p50_latency_ms: int | None
+    p99_latency_ms: int | None
+    series: list[EndpointStatsPoint]
+
+
+class WorkspaceRef(BaseModel):
+    workspace_id: str
+    name: str
+
+
+class BillingViewer(BaseModel):
+    """Who the token belongs to and which workspaces' billing it may read."""
+
+    user_name: str
+    account_id: str
+    workspace_id: str = Field(description="the token's own workspace")
+    is_account_admin: bool
+    is_workspace_admin: bool
+    workspaces: list[WorkspaceRef] = Field(
+        description="every workspace of the account for account admins; else its own"
+    )

@@ -226,6 +226,7 @@ class Accounting:
             output_token_count=self.usage.completion_tokens,
             request_streaming=self._streaming,
             usage_context=self._usage_context,
+            execution_duration_ms=round((time.monotonic() - self._started) * 1000),
         )
 
 

@@ -19,6 +19,7 @@ from billing.ratecard import load_rate_cards
 from control_plane.api import (
     audit,
     budgets,
+    dashboard,
     discovery,
     endpoint_details,
     endpoints,
@@ -161,6 +162,7 @@ def routers() -> list[APIRouter]:
         billing_summary.router,
         billing_endpoint_stats.router,
         billing_viewer.router,
+        dashboard.router,
         budgets.router,
         audit.router,
         discovery.router,

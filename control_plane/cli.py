@@ -172,6 +172,7 @@ def _announce(server: Any, app: Any, settings: Settings) -> None:
     plane = app.state.plane
     base = settings.base_url()
     print(f"\nmoeserve is up at {base} (API docs: {base}/docs)", flush=True)
+    print(f"billing dashboard: {base}/billing (sign in with an admin token)", flush=True)
     # Only a token generated now is printed (once): one the operator supplied, or one
     # generated on an earlier start, never reaches the output.
     token = plane.generated_admin_token

@@ -9,7 +9,7 @@ the same columns (`listing.listing`).
 from __future__ import annotations
 
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -21,6 +21,35 @@ def _exact(value: Decimal) -> str:
 
 
 ExactDecimal = Annotated[Decimal, PlainSerializer(_exact, return_type=str, when_used="json")]
+
+_CENT = Decimal("0.01")
+
+
+def _money(value: Decimal) -> str:
+    """An amount with at least two decimal places (12.30, not 12.3), and no fewer digits than
+    it holds (an unrounded 0.004 stays 0.004)."""
+    exact = value.normalize()
+    exponent = exact.as_tuple().exponent
+    return format(
+        exact.quantize(_CENT) if isinstance(exponent, int) and exponent >= -2 else exact, "f"
+    )
+
+
+Money = Annotated[Decimal, PlainSerializer(_money, return_type=str, when_used="json")]
+
+
+def _rounded(places: int) -> PlainSerializer:
+    """A derived ratio (not money, not DBUs) rounded half-even to `places` decimals."""
+    quantum = Decimal(1).scaleb(-places)
+
+    def shown(value: Decimal) -> str:
+        return _exact(value.quantize(quantum, rounding=ROUND_HALF_EVEN))
+
+    return PlainSerializer(shown, return_type=str, when_used="json")
+
+
+TokensPerSecond = Annotated[Decimal, _rounded(3)]
+Share = Annotated[Decimal, _rounded(6)]
 
 
 class _Row(BaseModel):
@@ -99,7 +128,7 @@ class InvoiceLineRow(_Row):
     usage_type: str
     dbu: ExactDecimal
     dollars_per_dbu: ExactDecimal
-    amount: ExactDecimal = Field(description="dbu x dollars_per_dbu, rounded half-even to cents")
+    amount: Money = Field(description="dbu x dollars_per_dbu, rounded half-even to cents")
 
 
 class InvoiceRow(_Row):
@@ -109,8 +138,8 @@ class InvoiceRow(_Row):
     period: str = Field(description="YYYY-MM (UTC)")
     currency: str
     status: str = Field(description="draft, open, paid or payment_failed")
-    subtotal: ExactDecimal
-    total: ExactDecimal = Field(description="the sum of the rounded lines")
+    subtotal: Money
+    total: Money = Field(description="the sum of the rounded lines")
     rate_card_version: str | None
     created_at: datetime
     stripe_invoice_id: str | None
@@ -130,7 +159,7 @@ class InvoiceLineList(BaseModel):
 
 class Cost(BaseModel):
     dbu: ExactDecimal
-    dollars: ExactDecimal
+    dollars: Money
 
 
 class ActualCost(Cost):
@@ -145,8 +174,8 @@ class AlternativeCost(ActualCost):
 class Traffic(BaseModel):
     input_tokens: int
     output_tokens: int
-    peak_tokens_per_s: ExactDecimal
-    output_share: ExactDecimal
+    peak_tokens_per_s: TokensPerSecond
+    output_share: Share
 
 
 class Estimate(BaseModel):
@@ -157,7 +186,7 @@ class Estimate(BaseModel):
     end_time: datetime
     actual: ActualCost
     alternative: AlternativeCost
-    break_even_tokens_per_s: ExactDecimal
+    break_even_tokens_per_s: TokensPerSecond
     traffic: Traffic
     dollars_per_dbu: ExactDecimal
 
@@ -185,7 +214,7 @@ class Spend(BaseModel):
     exact sum of DBU x $/DBU where each workspace lives (the budgets' formula)."""
 
     dbu: ExactDecimal
-    dollars: ExactDecimal
+    dollars: Money
 
 
 class SkuSpend(Spend):
@@ -209,7 +238,8 @@ class MonthSpend(BaseModel):
     month: str = Field(description="YYYY-MM (UTC)")
     month_to_date: Spend
     forecast: Spend = Field(
-        description="month to date x (the month's length / its time elapsed so far)"
+        description="month to date x (the month's length / its time elapsed so far); "
+        "DBUs to six places"
     )
 
 
@@ -248,7 +278,7 @@ class EndpointStats(BaseModel):
     granularity: Granularity
     requests: int
     errors: int
-    error_rate: ExactDecimal = Field(description="errors / requests (0 when no requests)")
+    error_rate: Share = Field(description="errors / requests to six places (0 without requests)")
     input_tokens: int
     output_tokens: int
     p50_latency_ms: int | None

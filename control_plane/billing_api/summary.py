@@ -24,7 +24,6 @@ from fastapi import APIRouter
 from sqlalchemy import String, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from billing.db import DBU_SCALE
 from billing.metering import UsageFilters, live_records
 from billing.placements import load_placements
 from billing.pricing import CENT, EXACT
@@ -50,7 +49,7 @@ router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
 MAX_HOURLY_RANGE = timedelta(days=31)  # 50 endpoints x 744 hours: a chart's worth
 MAX_RANGE = timedelta(days=400)
-_DBU_QUANTUM = Decimal(1).scaleb(-DBU_SCALE)
+FORECAST_DBU = Decimal("0.000001")  # an estimate: six places, not the records' eighteen
 K = TypeVar("K")
 # workspace, SKU, endpoint id, endpoint name, hour and DBUs (the last two as the driver reads)
 _RawRecord = tuple[str | None, str, str, str, object, str | Decimal]
@@ -251,7 +250,7 @@ def forecast(month: Sum, elapsed: timedelta, length: timedelta) -> Spend:
         return month.shown()
     ratio = Decimal(length.total_seconds()) / Decimal(elapsed.total_seconds())
     return Spend(
-        dbu=(month.dbu * ratio).quantize(_DBU_QUANTUM, rounding=ROUND_HALF_EVEN),
+        dbu=(month.dbu * ratio).quantize(FORECAST_DBU, rounding=ROUND_HALF_EVEN),
         dollars=cents(month.dollars * ratio),
     )
 

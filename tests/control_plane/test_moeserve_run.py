@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.control_plane.moeserve_process import (
@@ -70,6 +71,12 @@ def test_moeserve_run_prints_a_token_and_a_curl_command_that_works_and_stops_on_
             assert progress, output
             assert re.search(r"^databricks-dbrx-tiny: READY \(\d+\.\d s\)$", output, re.M), output
             assert output.index("loading the model") < output.index("READY (")
+
+            # the billing dashboard's address, and a page there
+            dashboard = re.findall(r"^billing dashboard: (\S+) ", output, re.M)
+            assert dashboard == [f"{server.url}/billing"], output
+            page = httpx.get(dashboard[0], timeout=10)
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
 
             command = _curl_command(output)
             assert command.startswith(f"curl -s {server.url}/serving-endpoints/databricks-dbrx")

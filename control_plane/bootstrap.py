@@ -104,7 +104,9 @@ def _ensure_shared_endpoints(
             version=1,
             creator=admin.name,
             now_ms=to_millis(now) or 0,
-            resolve_model=lambda name, version: resolve(session, None, name, version),
+            resolve_model=lambda name, version: resolve(
+                session, None, name, version, system_models=settings.system_models
+            ),
             check_capacity=check_capacity,
             check_environment=lambda env: EnvironmentPolicy(settings.environment).check(env, None),
             chunk_size=chunk_size,

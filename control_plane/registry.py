@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from control_plane.db.models import ModelSource as ModelSourceRow
 from control_plane.db.models import ModelSourceShare, RegisteredModel, Workspace
 from control_plane.errors import AlreadyExists, Conflict, InvalidParameter, NotFound
 from control_plane.ids import to_millis, utcnow
+from control_plane.settings import SystemModel
 from workers.model.checkpoint import verify_checkpoint
 from workers.model.hf_config import CheckpointError
 from workers.model.presets import PRESETS
@@ -84,17 +85,52 @@ class ModelSourceList(BaseModel):
     sources: list[ModelSourcePublic]
 
 
-def builtin_models() -> list[ResolvedModel]:
-    """Presets with weights of their own (the real-shape presets need a checkpoint)."""
-    return [
+SystemModels = Mapping[str, SystemModel]
+
+
+def builtin_models(system_models: SystemModels) -> list[ResolvedModel]:
+    """Presets with weights of their own (the real-shape presets need a checkpoint), then
+    the Databricks system model names the installation maps (`Settings.system_models`)."""
+    presets = [
         ResolvedModel(name, PRESET_VERSION, spec.args.family, ModelSource(preset=name), True)
         for name, spec in PRESETS.items()
         if spec.random_weights
     ]
+    return presets + [_system_model(name, target) for name, target in system_models.items()]
 
 
-def resolve(session: Session, workspace_id: str | None, name: str, version: str) -> ResolvedModel:
-    for model in builtin_models():
+def _system_model(name: str, target: SystemModel) -> ResolvedModel:
+    if target.preset is not None:
+        family = PRESETS[target.preset].args.family
+        return ResolvedModel(name, target.version, family, ModelSource(preset=target.preset), True)
+    path = Path(str(target.checkpoint))
+    try:
+        family = verify_checkpoint(path).family
+    except Exception as exc:  # the operator's directory: its problem may be named
+        raise InvalidParameter(
+            f"model {name!r} cannot be served: its checkpoint (settings system_models) is not "
+            f"servable: {exc}"
+        ) from None
+    source = ModelSource(checkpoint=str(path), tokenizer=_tokenizer_for(path, family))
+    return ResolvedModel(name, target.version, family, source, True)
+
+
+def resolve(
+    session: Session,
+    workspace_id: str | None,
+    name: str,
+    version: str,
+    *,
+    system_models: SystemModels,
+) -> ResolvedModel:
+    target = system_models.get(name)
+    if target is not None:
+        if version != target.version:
+            raise InvalidParameter(
+                f"model {name!r} is served here at version {target.version!r} only, not {version!r}"
+            )
+        return _system_model(name, target)
+    for model in builtin_models({}):
         if model.name == name:
             if version != PRESET_VERSION:
                 raise InvalidParameter(
@@ -110,6 +146,13 @@ def resolve(session: Session, workspace_id: str | None, name: str, version: str)
                 RegisteredModel.version == version,
             )
         ).first()
+    if (record is None or workspace_id is None) and name.startswith("system."):
+        offered = ", ".join(f"{n} (version {t.version})" for n, t in system_models.items())
+        raise InvalidParameter(
+            f"system model {name!r} is not served on this installation; it serves "
+            f"{offered or 'no system models'} (an operator maps more with the system_models "
+            "setting); GET /api/2.0/models lists every model you can serve"
+        )
     if record is None or workspace_id is None:
         raise InvalidParameter(
             f"model {name!r} version {version!r} is not registered in this workspace; "
@@ -224,10 +267,11 @@ def register(
     version: str,
     source: str,
     roots: Sequence[Path],
+    system_models: SystemModels,
 ) -> RegisteredModel:
     """Validate the checkpoint directory and store it (flushes; the caller commits). The
     first workspace to register a directory becomes its owner."""
-    if any(model.name == name for model in builtin_models()):
+    if any(model.name == name for model in builtin_models({})) or name in system_models:
         raise AlreadyExists(f"{name!r} is a built-in model; register under another name")
     path, owned = usable_directory(session, workspace_id, source, roots)
     # From here on the directory is this workspace's to use: its problems may be named.
@@ -296,14 +340,31 @@ def public_record(record: RegisteredModel) -> ModelPublic:
     )
 
 
-def list_models(session: Session, workspace_id: str) -> ModelList:
+def list_models(session: Session, workspace_id: str, system_models: SystemModels) -> ModelList:
     records = session.scalars(
         select(RegisteredModel)
         .where(RegisteredModel.workspace_id == workspace_id)
         .order_by(RegisteredModel.name, RegisteredModel.version)
     ).all()
     return ModelList(
-        models=[m.public() for m in builtin_models()] + [public_record(r) for r in records]
+        models=[m.public() for m in builtin_models({})]
+        + [_system_public(name, target) for name, target in system_models.items()]
+        + [public_record(r) for r in records]
+    )
+
+
+def _system_public(name: str, target: SystemModel) -> ModelPublic:
+    """A system model as listed; an operator's checkpoint path is not shown to tenants."""
+    try:
+        family = _system_model(name, target).family
+    except InvalidParameter:  # an operator's directory that is not servable (yet)
+        family = "unavailable"
+    return ModelPublic(
+        name=name,
+        version=target.version,
+        model_type=family,
+        source=f"preset:{target.preset}" if target.preset is not None else "system checkpoint",
+        builtin=True,
     )
 
 

@@ -6,6 +6,7 @@ reads the environment at import time. Every field is documented in docs/operatio
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,46 @@ class SharedEndpoint(BaseModel):
         if not name.startswith(SHARED_PREFIX):
             raise ValueError(f"shared endpoint names start with {SHARED_PREFIX!r}: {name!r}")
         return name
+
+
+SYSTEM_MODEL_NAME = re.compile(r"[a-z0-9_]+\.[a-z0-9_]+\.[A-Za-z0-9_-]{1,100}")  # a.b.c
+
+
+class SystemModel(BaseModel):
+    """What a Databricks system model name (`system.ai.dbrx_instruct`) serves here: a
+    built-in preset, or a checkpoint directory the operator provides. Clients written for
+    Databricks Foundation Model APIs name these models unchanged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the one version served")
+    preset: str | None = Field(default=None, description="a built-in preset, e.g. dbrx-tiny")
+    checkpoint: Path | None = Field(
+        default=None, description="a checkpoint directory (config.json, safetensors, tokenizer)"
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SystemModel:
+        if (self.preset is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of preset or checkpoint")
+        if self.preset is not None:
+            from workers.model.presets import PRESETS
+
+            spec = PRESETS.get(self.preset)
+            if spec is None or not spec.random_weights:
+                servable = sorted(name for name, s in PRESETS.items() if s.random_weights)
+                raise ValueError(
+                    f"preset {self.preset!r} is not a built-in model with weights of its own; "
+                    f"choose one of {', '.join(servable)} or give a checkpoint"
+                )
+        return self
+
+
+def default_system_models() -> dict[str, SystemModel]:
+    """The embedded default: Databricks' DBRX Instruct name (version 3) serves the built-in
+    random-weight `dbrx-tiny`, so Databricks clients run unchanged against a laptop install.
+    Production maps it to the real checkpoint (`system_models` setting)."""
+    return {"system.ai.dbrx_instruct": SystemModel(version="3", preset="dbrx-tiny")}
 
 
 class WorkerDefaults(BaseModel):
@@ -296,6 +337,10 @@ class Settings(BaseSettings):
             ),
         ]
     )
+    system_models: dict[str, SystemModel] = Field(
+        default_factory=default_system_models,
+        description="Databricks system model names (catalog.schema.model) and what they serve",
+    )
     workers: WorkerDefaults = Field(default_factory=WorkerDefaults)
     run_reconciler: bool = Field(default=True, description="drive endpoints in this process")
     reconcile_interval_s: float = Field(default=1.0, gt=0)
@@ -347,6 +392,17 @@ class Settings(BaseSettings):
                 "from a cached config must still find the old apps"
             )
         return self
+
+    @field_validator("system_models")
+    @classmethod
+    def _system_model_names(cls, models: dict[str, SystemModel]) -> dict[str, SystemModel]:
+        for name in models:
+            if not SYSTEM_MODEL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"system_models: {name!r} is not a three-part name such as "
+                    "system.ai.dbrx_instruct"
+                )
+        return models
 
     @model_validator(mode="after")
     def _region_of_the_cloud(self) -> Settings:

@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -33,6 +34,14 @@ from billing.dashboard import asset
 from control_plane.errors import NotFound
 
 router = APIRouter()
+
+
+def _answers(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """What a route answers: not JSON, so its media type (the OpenAPI contract test)."""
+    return {
+        200: {"content": {media_type: {"schema": {"type": "string"}}}, "description": description}
+    }
+
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -115,7 +124,12 @@ def _served(request: Request, found: _Asset) -> Response:
     return Response(found.body, media_type=found.media_type, headers=headers)
 
 
-@router.get("/billing", response_class=HTMLResponse, include_in_schema=False)
+@router.get(
+    "/billing",
+    response_class=HTMLResponse,
+    include_in_schema=False,
+    responses=_answers("text/html", "the dashboard page"),
+)
 def dashboard_page() -> HTMLResponse:
     """The page: no data in it, never cached (a sign-out leaves nothing behind)."""
     headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
@@ -127,6 +141,7 @@ def dashboard_page() -> HTMLResponse:
     response_class=Response,
     response_model=None,
     include_in_schema=False,
+    responses=_answers("text/javascript", "the page's script"),
 )
 def dashboard_script(request: Request) -> Response:
     return _served(request, _static("app.js", JAVASCRIPT))
@@ -137,6 +152,7 @@ def dashboard_script(request: Request) -> Response:
     response_class=Response,
     response_model=None,
     include_in_schema=False,
+    responses=_answers("text/css", "the page's stylesheet"),
 )
 def dashboard_stylesheet(request: Request) -> Response:
     return _served(request, _static("app.css", CSS))
@@ -147,6 +163,7 @@ def dashboard_stylesheet(request: Request) -> Response:
     response_class=Response,
     response_model=None,
     include_in_schema=False,
+    responses=_answers("text/javascript", "plotly.js, from the installed plotly package"),
 )
 def plotly_script(request: Request) -> Response:
     return _served(request, _plotly())

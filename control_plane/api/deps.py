@@ -66,6 +66,7 @@ def get_endpoints(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> En
         None
         if workspace is None
         else stored_placement(workspace.cloud, workspace.region, plane.settings),
+        plane.settings.system_models,
     )
 
 

@@ -38,7 +38,9 @@ def model_optimization_info(
     model: str, version: str, session: SessionDep, caller: CallerDep, plane: PlaneDep
 ) -> ModelOptimizationInfo:
     """The throughput chunk size comes from the rate card in force (`billing/ratecards/`)."""
-    resolved = resolve(session, caller.workspace_id, model, version)
+    resolved = resolve(
+        session, caller.workspace_id, model, version, system_models=plane.settings.system_models
+    )
     return ModelOptimizationInfo(
         optimizable=True,
         throughput_chunk_size=plane.chunk_size(resolved.family, resolved.name, resolved.version),

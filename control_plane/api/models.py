@@ -56,6 +56,7 @@ def register_model(
         body.version,
         body.source,
         plane.settings.model_roots,
+        plane.settings.system_models,
     )
     view = public_record(record)
     session.commit()
@@ -63,8 +64,8 @@ def register_model(
 
 
 @router.get("", response_model=ModelList, response_model_exclude_none=True)
-def get_models(session: SessionDep, caller: CallerDep) -> ModelList:
-    return list_models(session, caller.workspace_id)
+def get_models(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> ModelList:
+    return list_models(session, caller.workspace_id, plane.settings.system_models)
 
 
 def _require_account_admin(caller: Caller) -> None:

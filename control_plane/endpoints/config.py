@@ -66,6 +66,9 @@ class ServedEntity(BaseModel):
     min_provisioned_throughput: int | None = None
     max_provisioned_throughput: int | None = None
     placement: EntityPlacement | None = None
+    # moeserve bookkeeping: the caller named it in the legacy `served_models` (it is shown
+    # there too, as Databricks does)
+    legacy_served_model: bool = False
     # internal: how the entity is served
     model_family: str = Field(description="internal: dbrx | mixtral (prices the usage)")
     model_source: ModelSource = Field(description="internal: the weights a replica loads")

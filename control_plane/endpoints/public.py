@@ -26,7 +26,7 @@ from control_plane.endpoints.states import EndpointState, ServedEntityState
 from control_plane.ids import to_millis
 
 _INTERNAL = {"model_family", "model_source", "app_name", "min_replicas", "max_replicas"}
-_INTERNAL |= {"provisioned_chunks"}
+_INTERNAL |= {"provisioned_chunks", "legacy_served_model"}
 
 
 class ServedEntityPublic(BaseModel):
@@ -51,9 +51,34 @@ class ServedEntityPublic(BaseModel):
         return cls.model_validate({**shown, "state": state})
 
 
+class ServedModelPublic(BaseModel):
+    """An entity the caller named in the legacy `served_models`, shown in that shape too."""
+
+    name: str
+    model_name: str
+    model_version: str
+    workload_type: str
+    workload_size: WorkloadSize | None = None
+    scale_to_zero_enabled: bool
+    environment_vars: dict[str, str] | None = None
+    creator: str
+    creation_timestamp: int
+    state: ServedEntityState
+
+    @classmethod
+    def of(cls, entity: ServedEntityPublic) -> ServedModelPublic:
+        shown = entity.model_dump(exclude={"entity_name", "entity_version"})
+        return cls.model_validate(
+            {**shown, "model_name": entity.entity_name, "model_version": entity.entity_version}
+        )
+
+
 class EndpointConfigPublic(BaseModel):
     config_version: int
     served_entities: list[ServedEntityPublic]
+    served_models: list[ServedModelPublic] | None = Field(
+        default=None, description="the entities given as legacy served_models, in that shape"
+    )
     traffic_config: TrafficConfig
 
 
@@ -92,12 +117,15 @@ def _common(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def _config(endpoint: Endpoint, config: EndpointConfig) -> dict[str, Any]:
+    entities = [
+        (e, ServedEntityPublic.of(e, endpoint.deployments.state(e.app_name)))
+        for e in config.served_entities
+    ]
+    legacy = [ServedModelPublic.of(shown) for e, shown in entities if e.legacy_served_model]
     return {
         "config_version": config.config_version,
-        "served_entities": [
-            ServedEntityPublic.of(e, endpoint.deployments.state(e.app_name))
-            for e in config.served_entities
-        ],
+        "served_entities": [shown for _, shown in entities],
+        "served_models": legacy or None,
         "traffic_config": config.traffic_config,
     }
 

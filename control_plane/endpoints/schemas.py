@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.config import EndpointTag, EntityPlacement, Task, WorkloadSize
@@ -21,7 +21,11 @@ class _Input(BaseModel):
 
 
 class ServedEntityInput(_Input):
-    name: str | None = Field(default=None, description="default {entity_name}-{entity_version}")
+    name: str | None = Field(
+        default=None,
+        description="default <entity_name>-<entity_version>; of a three-part name such as "
+        "catalog.schema.model, its last part: model-<entity_version>",
+    )
     entity_name: str
     entity_version: str | None = None
     workload_size: WorkloadSize | None = None
@@ -33,6 +37,12 @@ class ServedEntityInput(_Input):
     placement: EntityPlacement | None = Field(
         default=None, description="moeserve extension: fallback regions and instance types"
     )
+    # set when the entity came from the legacy `served_models` (never from the request body)
+    _legacy: bool = PrivateAttr(default=False)
+
+    @property
+    def legacy(self) -> bool:
+        return self._legacy
 
 
 class ServedModelInput(_Input):
@@ -47,7 +57,7 @@ class ServedModelInput(_Input):
     environment_vars: dict[str, str] | None = None
 
     def as_entity(self) -> ServedEntityInput:
-        return ServedEntityInput(
+        entity = ServedEntityInput(
             name=self.name,
             entity_name=self.model_name,
             entity_version=self.model_version,
@@ -56,6 +66,8 @@ class ServedModelInput(_Input):
             scale_to_zero_enabled=self.scale_to_zero_enabled,
             environment_vars=self.environment_vars,
         )
+        entity._legacy = True
+        return entity
 
 
 class RouteInput(_Input):

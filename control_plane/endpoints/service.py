@@ -7,7 +7,7 @@ job: these methods only store the desired state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +32,7 @@ from control_plane.endpoints.validation import (
 from control_plane.errors import AlreadyExists, Conflict
 from control_plane.ids import new_id, to_millis, utcnow
 from control_plane.placement import WorkspacePlacement
-from control_plane.registry import resolve
+from control_plane.registry import SystemModels, resolve
 from control_plane.settings import WorkerDefaults
 
 
@@ -45,6 +45,7 @@ class EndpointService:
     chunk_size: ChunkSize
     environment: EnvironmentPolicy
     workspace_placement: WorkspacePlacement | None = None  # the caller's workspace's
+    system_models: SystemModels = field(default_factory=dict)  # Settings.system_models
 
     # -- lookups (`endpoints.lookup`) -----------------------------------------------------
     def by_name(self, name: str, needed: Level = Level.CAN_VIEW) -> tuple[Endpoint, Level]:
@@ -171,7 +172,9 @@ class EndpointService:
             version=version,
             creator=self.caller.name,
             now_ms=to_millis(utcnow()) or 0,
-            resolve_model=lambda name, version: resolve(self.session, workspace_id, name, version),
+            resolve_model=lambda name, version: resolve(
+                self.session, workspace_id, name, version, system_models=self.system_models
+            ),
             check_capacity=self.check_capacity,
             check_environment=lambda env: self.environment.check(env, self.caller.workspace_id),
             chunk_size=self.chunk_size,

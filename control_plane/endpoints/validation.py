@@ -47,6 +47,12 @@ def check_endpoint_name(name: str, *, shared: bool = False) -> None:
         )
 
 
+def default_entity_name(model_name: str, version: str) -> str:
+    """Databricks' default served-entity name: `<name>-<version>`, where a dotted (Unity
+    Catalog style, `catalog.schema.model`) name contributes its last part only."""
+    return f"{model_name.rsplit('.', 1)[-1]}-{version}"
+
+
 def normalize_config(
     config: EndpointCoreConfigInput | None,
     *,
@@ -106,7 +112,7 @@ def _normalize_entity(
     chunk_size: ChunkSize,
 ) -> ServedEntity:
     model = resolve_model(entity.entity_name, entity.entity_version or "1")
-    name = entity.name or f"{model.name}-{model.version}"
+    name = entity.name or default_entity_name(model.name, model.version)
     if not NAME_PATTERN.fullmatch(name):
         raise InvalidParameter(
             f"served entity name {name!r} is invalid: use 1-63 letters, digits, '-' or '_'"
@@ -119,6 +125,7 @@ def _normalize_entity(
         )
     placed = ServedEntity(
         name=name,
+        legacy_served_model=entity.legacy,
         entity_name=model.name,
         entity_version=model.version,
         workload_type=workload_type,

@@ -69,6 +69,26 @@ def dashboard(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
             theirs.chat.completions.create(
                 model=THEIRS, messages=[{"role": "user", "content": f"r{i}"}], max_tokens=2
             )
+        account = server.client().get("/api/2.0/workspaces").json()["workspaces"][0]["account_id"]
+        budget = server.client().post(
+            f"/api/2.1/accounts/{account}/budgets",
+            json={
+                "budget": {
+                    "display_name": "dashboard cap",
+                    "filter": {"endpoint_name": {"operator": "IN", "values": [OURS]}},
+                    "alert_configurations": [
+                        {
+                            "time_period": "MONTH",
+                            "trigger_type": "CUMULATIVE_SPENDING_EXCEEDED",
+                            "quantity_type": "DBU",
+                            "quantity_threshold": "1000",
+                            "action_configurations": [{"action_type": "BLOCK_USAGE"}],
+                        }
+                    ],
+                }
+            },
+        )
+        assert budget.status_code == 200, budget.text
         # The hour is stored and this month invoiced, so the invoice views have a line whose
         # records are these queries'.
         now = utcnow()
@@ -268,6 +288,10 @@ def test_an_account_admin_sees_the_api_figures_and_traces_an_invoice_to_its_reco
             invoices = http.get(f"{BILLING}/invoices").json()["invoices"]
             listed_csv = http.get(f"{BILLING}/invoices", params={"format": "csv"}).text
         assert page.get_by_test_id("invoice-row").count() == len(invoices)
+        for index, invoice in enumerate(invoices):
+            row = page.get_by_test_id("invoice-row").nth(index)
+            assert row.get_by_test_id("invoice-total").inner_text() == invoice["total"]
+            assert row.get_by_test_id("invoice-status").inner_text() == invoice["status"]
         assert _download(page, "invoices-csv").replace("\r\n", "\n") == listed_csv
         ours = next(i for i in invoices if i["workspace_id"] == default_workspace(server))
         page.locator(f"[data-invoice-id='{ours['invoice_id']}']").get_by_role(
@@ -290,6 +314,22 @@ def test_an_account_admin_sees_the_api_figures_and_traces_an_invoice_to_its_reco
         for record in records:
             assert record["usage_quantity"] in page_text
         _shot(page, "invoice-1280")
+
+        # Budgets: the threshold and its spend as the budgets API reports them.
+        page.get_by_role("link", name="Budgets").click()
+        page.get_by_test_id("budget-row").first.wait_for()
+        with server.client() as http:
+            account = http.get(f"{BILLING}/viewer").json()["account_id"]
+            (budget,) = http.get(f"/api/2.1/accounts/{account}/budgets").json()["budgets"]
+            status = http.get(
+                f"/api/2.1/accounts/{account}/budget-spend-statuses/"
+                f"{budget['budget_configuration_id']}"
+            ).json()["alert_spend_statuses"][0]
+        budget_row = page.get_by_test_id("budget-row").first
+        assert budget_row.get_by_test_id("budget-name").inner_text() == "dashboard cap"
+        assert budget_row.get_by_test_id("budget-threshold").inner_text() == status["threshold"]
+        assert budget_row.get_by_test_id("budget-spend").inner_text() == status["spend"]
+        assert Decimal(status["spend"]) > 0
         assert not watched.problems, watched.problems
     finally:
         watched.close()

@@ -224,9 +224,14 @@ def test_migration_0008_makes_each_sources_first_registrant_its_owner(
             ).all()
         assert [tuple(row) for row in owners] == [("/m/own", "w2"), ("/m/shared", "w1")]
         with Session(engine) as session:
-            assert resolve(session, "w1", "early", "1").source.checkpoint == "/m/shared"
-            assert resolve(session, "w2", "own", "1").source.checkpoint == "/m/own"
+            assert (
+                resolve(session, "w1", "early", "1", system_models={}).source.checkpoint
+                == "/m/shared"
+            )
+            assert (
+                resolve(session, "w2", "own", "1", system_models={}).source.checkpoint == "/m/own"
+            )
             with pytest.raises(InvalidParameter, match="not shared"):
-                resolve(session, "w2", "late", "1")
+                resolve(session, "w2", "late", "1", system_models={})
     finally:
         engine.dispose()

@@ -453,6 +453,13 @@ SAMPLES: dict[str, Any] = {
     "clouds.head_address": "ray-head.example:6379",
     "clouds.ray_auth_token": "sample-ray-token",
     "budgets.webhook_signing_secret": "whsec_budget_sample",
+    "system_models": {
+        "system.ai.dbrx_instruct": {
+            "version": "3",
+            "preset": None,
+            "checkpoint": "/models/dbrx-instruct",
+        }
+    },
     "clouds.aws": {
         "installation_id": "sample-inst",
         "ami_ids": {"us-west-2": "ami-0123456789abcdef0"},
@@ -525,6 +532,8 @@ def plain(value: Any) -> Any:
         return value.model_dump(mode="json")
     if isinstance(value, list):
         return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
     return value
 
 

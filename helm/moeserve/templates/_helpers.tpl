@@ -76,8 +76,8 @@ Call: include "moeserve.settingsEnv" (dict "prefix" "MOESERVE_" "values" .Values
 */}}
 {{- define "moeserve.settingsEnv" -}}
 {{- $prefix := .prefix }}
-{{- /* Settings that are one JSON object (a cloud's section), not nested settings. */}}
-{{- $json := list "MOESERVE_CLOUDS__AWS" "MOESERVE_CLOUDS__GCP" "MOESERVE_CLOUDS__AZURE" }}
+{{- /* Settings that are one JSON object (a cloud's section, the system models), not nested settings. */}}
+{{- $json := list "MOESERVE_CLOUDS__AWS" "MOESERVE_CLOUDS__GCP" "MOESERVE_CLOUDS__AZURE" "MOESERVE_SYSTEM_MODELS" }}
 {{- range $key, $value := .values }}
 {{- $name := printf "%s%s" $prefix (upper $key) }}
 {{- if and (kindIs "map" $value) (not (has $name $json)) }}

@@ -17,13 +17,34 @@ from control_plane.endpoints.public import (
 )
 from control_plane.endpoints.schemas import (
     CreateEndpoint,
+    CreatePtEndpoint,
     EndpointCoreConfigInput,
     PatchTags,
     PutRateLimits,
+    UpdatePtConfig,
 )
 
 # Databricks omits absent fields; so do the responses here.
 router = APIRouter(prefix="/api/2.0/serving-endpoints", tags=["serving-endpoints"])
+
+
+@router.post("/pt", response_model=ServingEndpointDetailed, response_model_exclude_none=True)
+def create_pt_endpoint(
+    body: CreatePtEndpoint, endpoints: EndpointsDep, plane: PlaneDep
+) -> ServingEndpointDetailed:
+    """A provisioned-throughput endpoint in model units (Databricks' current PT API)."""
+    return create_endpoint(body.as_create(), endpoints, plane)
+
+
+@router.put(
+    "/pt/{name}/config", response_model=ServingEndpointDetailed, response_model_exclude_none=True
+)
+def update_pt_config(
+    name: str, body: UpdatePtConfig, endpoints: EndpointsDep, plane: PlaneDep
+) -> ServingEndpointDetailed:
+    """New model units (or entities) for a provisioned-throughput endpoint; it rolls out as
+    any config update does."""
+    return update_config(name, body.config.as_config(), endpoints, plane)
 
 
 # mlflow's deployment client creates and lists at ".../serving-endpoints/" (trailing

@@ -32,6 +32,8 @@ class AuditAction(StrEnum):
     GET_ENDPOINT = "serving-endpoints.get"
     DELETE_ENDPOINT = "serving-endpoints.delete"
     UPDATE_ENDPOINT_CONFIG = "serving-endpoints.update-config"
+    CREATE_PT_ENDPOINT = "serving-endpoints.create-provisioned-throughput"
+    UPDATE_PT_CONFIG = "serving-endpoints.update-provisioned-throughput-config"
     PATCH_ENDPOINT_TAGS = "serving-endpoints.patch-tags"
     PUT_AI_GATEWAY = "serving-endpoints.put-ai-gateway"
     PUT_RATE_LIMITS = "serving-endpoints.put-rate-limits"
@@ -112,6 +114,8 @@ CATALOGUE: dict[tuple[str, str], Audited] = {
     ("GET", f"{_ENDPOINTS}/{{name}}"): Audited(A.GET_ENDPOINT),
     ("DELETE", f"{_ENDPOINTS}/{{name}}"): Audited(A.DELETE_ENDPOINT),
     ("PUT", f"{_ENDPOINTS}/{{name}}/config"): Audited(A.UPDATE_ENDPOINT_CONFIG),
+    ("POST", f"{_ENDPOINTS}/pt"): Audited(A.CREATE_PT_ENDPOINT, body={"name": "name"}),
+    ("PUT", f"{_ENDPOINTS}/pt/{{name}}/config"): Audited(A.UPDATE_PT_CONFIG),
     ("PATCH", f"{_ENDPOINTS}/{{name}}/tags"): Audited(A.PATCH_ENDPOINT_TAGS),
     ("PUT", f"{_ENDPOINTS}/{{name}}/ai-gateway"): Audited(A.PUT_AI_GATEWAY),
     ("PUT", f"{_ENDPOINTS}/{{name}}/rate-limits"): Audited(A.PUT_RATE_LIMITS),

@@ -65,6 +65,7 @@ class ServedEntity(BaseModel):
     creation_timestamp: int = Field(description="epoch milliseconds")
     min_provisioned_throughput: int | None = None
     max_provisioned_throughput: int | None = None
+    provisioned_model_units: int | None = None
     placement: EntityPlacement | None = None
     # moeserve bookkeeping: the caller named it in the legacy `served_models` (it is shown
     # there too, as Databricks does)

@@ -41,6 +41,7 @@ class ServedEntityPublic(BaseModel):
     creation_timestamp: int
     min_provisioned_throughput: int | None = None
     max_provisioned_throughput: int | None = None
+    provisioned_model_units: int | None = None
     placement: EntityPlacement | None = None
     state: ServedEntityState
 

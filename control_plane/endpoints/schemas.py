@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from control_plane.endpoints.ai_gateway import AiGatewayConfig, RateLimit
 from control_plane.endpoints.config import EndpointTag, EntityPlacement, Task, WorkloadSize
 
+MAX_MODEL_UNITS = 1000
+
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -33,6 +35,13 @@ class ServedEntityInput(_Input):
     scale_to_zero_enabled: bool = False
     min_provisioned_throughput: int | None = Field(default=None, ge=0)
     max_provisioned_throughput: int | None = Field(default=None, ge=0)
+    provisioned_model_units: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_MODEL_UNITS,
+        description="provisioned throughput in model units: one unit is one throughput chunk "
+        "(GET get-model-optimization-info gives its tokens/s), held all the time",
+    )
     environment_vars: dict[str, str] | None = None
     placement: EntityPlacement | None = Field(
         default=None, description="moeserve extension: fallback regions and instance types"
@@ -108,6 +117,58 @@ class CreateEndpoint(_Input):
         description="moeserve extension: what the endpoint answers (chat, completions or "
         "embeddings); queries of another kind are refused",
     )
+
+
+class PtServedEntityInput(_Input):
+    """A served entity of a provisioned-throughput endpoint (`/serving-endpoints/pt`)."""
+
+    name: str | None = None
+    entity_name: str
+    entity_version: str | None = None
+    provisioned_model_units: int = Field(ge=1, le=MAX_MODEL_UNITS)
+    burst_scaling_enabled: bool | None = Field(
+        default=None, description="accepted; moeserve holds exactly the units provisioned"
+    )
+
+    def as_entity(self) -> ServedEntityInput:
+        return ServedEntityInput(
+            name=self.name,
+            entity_name=self.entity_name,
+            entity_version=self.entity_version,
+            provisioned_model_units=self.provisioned_model_units,
+        )
+
+
+class PtEndpointCoreConfigInput(_Input):
+    served_entities: list[PtServedEntityInput] = Field(min_length=1)
+    traffic_config: TrafficConfigInput | None = None
+
+    def as_config(self) -> EndpointCoreConfigInput:
+        return EndpointCoreConfigInput(
+            served_entities=[e.as_entity() for e in self.served_entities],
+            traffic_config=self.traffic_config,
+        )
+
+
+class CreatePtEndpoint(_Input):
+    """`POST /api/2.0/serving-endpoints/pt` (the SDK's create_provisioned_throughput_endpoint)."""
+
+    name: str
+    config: PtEndpointCoreConfigInput
+    ai_gateway: AiGatewayConfig | None = None
+    tags: list[EndpointTag] | None = None
+
+    def as_create(self) -> CreateEndpoint:
+        return CreateEndpoint(
+            name=self.name,
+            config=self.config.as_config(),
+            ai_gateway=self.ai_gateway,
+            tags=self.tags,
+        )
+
+
+class UpdatePtConfig(_Input):
+    config: PtEndpointCoreConfigInput
 
 
 class PatchTags(_Input):

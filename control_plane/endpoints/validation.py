@@ -187,6 +187,9 @@ def _capacity(
     chunk_size: ChunkSize,
 ) -> dict[str, Any]:
     low, high = entity.min_provisioned_throughput, entity.max_provisioned_throughput
+    units = entity.provisioned_model_units
+    if units is not None:
+        return _model_units(name, entity, model, units, chunk_size)
     provisioned = bool(low or high)
     if provisioned and entity.workload_size is not None:
         raise InvalidParameter(
@@ -198,6 +201,7 @@ def _capacity(
         replicas = replicas_for_size(size, defaults)
         return {
             "workload_size": size,
+            "provisioned_model_units": None,
             "min_provisioned_throughput": None,
             "max_provisioned_throughput": None,
             "provisioned_chunks": 0,
@@ -221,11 +225,40 @@ def _capacity(
     min_chunks = 0 if entity.scale_to_zero_enabled else low // chunk
     return {
         "workload_size": None,
+        "provisioned_model_units": None,
         "min_provisioned_throughput": low,
         "max_provisioned_throughput": high,
         "provisioned_chunks": high // chunk,
         "min_replicas": min_chunks,
         "max_replicas": high // chunk,
+    }
+
+
+def _model_units(
+    name: str, entity: ServedEntityInput, model: ResolvedModel, units: int, chunk_size: ChunkSize
+) -> dict[str, Any]:
+    """Model units: one throughput chunk each, all held all the time (min = max), billed as
+    provisioned chunks are."""
+    others = (
+        entity.workload_size,
+        entity.min_provisioned_throughput,
+        entity.max_provisioned_throughput,
+    )
+    if any(value is not None for value in others) or entity.scale_to_zero_enabled:
+        raise InvalidParameter(
+            f"served entity {name!r}: provisioned_model_units holds that many units all the "
+            "time; give it alone (no workload_size, min/max_provisioned_throughput or "
+            "scale_to_zero_enabled)"
+        )
+    throughput = units * chunk_size(model.family, model.name, model.version)
+    return {
+        "workload_size": None,
+        "provisioned_model_units": units,
+        "min_provisioned_throughput": throughput,
+        "max_provisioned_throughput": throughput,
+        "provisioned_chunks": units,
+        "min_replicas": units,
+        "max_replicas": units,
     }
 
 

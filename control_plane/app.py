@@ -24,6 +24,7 @@ from control_plane.api import (
     endpoint_details,
     endpoints,
     health,
+    inference_log,
     models,
     permissions,
     prometheus,
@@ -148,6 +149,7 @@ def routers() -> list[APIRouter]:
     return [
         query_routes.router,
         endpoint_details.router,
+        inference_log.router,
         endpoints.router,
         permissions.router,
         workspaces.router,

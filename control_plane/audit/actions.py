@@ -32,6 +32,7 @@ class AuditAction(StrEnum):
     GET_ENDPOINT = "serving-endpoints.get"
     DELETE_ENDPOINT = "serving-endpoints.delete"
     UPDATE_ENDPOINT_CONFIG = "serving-endpoints.update-config"
+    READ_INFERENCE_LOG = "serving-endpoints.read-inference-log"
     CREATE_PT_ENDPOINT = "serving-endpoints.create-provisioned-throughput"
     UPDATE_PT_CONFIG = "serving-endpoints.update-provisioned-throughput-config"
     PATCH_ENDPOINT_TAGS = "serving-endpoints.patch-tags"
@@ -115,6 +116,9 @@ CATALOGUE: dict[tuple[str, str], Audited] = {
     ("DELETE", f"{_ENDPOINTS}/{{name}}"): Audited(A.DELETE_ENDPOINT),
     ("PUT", f"{_ENDPOINTS}/{{name}}/config"): Audited(A.UPDATE_ENDPOINT_CONFIG),
     ("POST", f"{_ENDPOINTS}/pt"): Audited(A.CREATE_PT_ENDPOINT, body={"name": "name"}),
+    ("GET", f"{_ENDPOINTS}/{{name}}/inference-log"): Audited(
+        A.READ_INFERENCE_LOG, reads_recorded=True
+    ),
     ("PUT", f"{_ENDPOINTS}/pt/{{name}}/config"): Audited(A.UPDATE_PT_CONFIG),
     ("PATCH", f"{_ENDPOINTS}/{{name}}/tags"): Audited(A.PATCH_ENDPOINT_TAGS),
     ("PUT", f"{_ENDPOINTS}/{{name}}/ai-gateway"): Audited(A.PUT_AI_GATEWAY),

@@ -33,10 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
+
+from pydantic import BaseModel
 
 from billing.ledger import InferencePayload, UsageLedger, UsageRow
 from control_plane.budgets.guard import BudgetGuard, Hold
@@ -81,7 +85,8 @@ class Accounting:
         self._reservation = reservation
         self._request_time = request_time
         self._request_payload = request_payload  # inference table, when enabled
-        self._response_payload: list[str] = []
+        self._choices: dict[int, list[str]] = {}  # a stream's text so far, by choice
+        self._answer: BaseModel | None = None  # a whole answer, as sent
         self._ledger = ledger
         self._limiter = limiter
         self._metrics = metrics
@@ -104,9 +109,9 @@ class Accounting:
         if self._streaming:
             self._checkpoint(time.monotonic())
 
-    def delivered(self, usage: Usage, text: str = "") -> None:
+    def delivered(self, usage: Usage, texts: Mapping[int, str] | None = None) -> None:
         """A chunk (or the whole answer) reached the client: its usage — the whole
-        request's so far — now counts."""
+        request's so far — now counts; `texts`: its text by choice index."""
         now = time.monotonic()
         series = self._metrics.series(self.target.labels, self.entity.name)
         if self._last_chunk_at is None:
@@ -115,10 +120,39 @@ class Accounting:
             series.inter_token.observe(now - self._last_chunk_at)
         self._last_chunk_at = now
         self.usage = usage
-        if self._request_payload is not None:
-            self._response_payload.append(text)
+        if self._request_payload is not None and texts:
+            for index, text in texts.items():
+                self._choices.setdefault(index, []).append(text)
         if self._streaming:
             self._checkpoint(now)
+
+    def answered(self, answer: BaseModel) -> None:
+        """The whole answer (not a stream) as the client gets it: the inference table keeps
+        its JSON."""
+        if self._request_payload is not None:
+            self._answer = answer
+
+    def _response_payload(self) -> str | None:
+        """The answer's JSON as sent; for a stream, its choices' text by index (each choice
+        apart) with the usage, as far as it got."""
+        if self._answer is not None:
+            return self._answer.model_dump_json()
+        if not self._choices:
+            return None
+        return json.dumps(
+            {
+                "object": "stream",
+                "choices": [
+                    {"index": index, "text": "".join(parts)}
+                    for index, parts in sorted(self._choices.items())
+                ],
+                "usage": {
+                    "prompt_tokens": self.usage.prompt_tokens,
+                    "completion_tokens": self.usage.completion_tokens,
+                },
+            },
+            ensure_ascii=False,
+        )
 
     def _checkpoint(self, now: float) -> None:
         """Checkpoint the usage so far if the prompt is new to the record, or one checkpoint
@@ -183,8 +217,7 @@ class Accounting:
         row = self._row(status)
         inference = None
         if self._request_payload is not None:
-            response = "".join(self._response_payload) or None
-            inference = InferencePayload(self._request_payload, response)
+            inference = InferencePayload(self._request_payload, self._response_payload())
         try:
             if self._reservation is not None:
                 await self._limiter.settle(self._reservation, self.usage.total_tokens)

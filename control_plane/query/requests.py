@@ -613,6 +613,8 @@ class PromptIds:
 
 
 def _tokenize(tokenizer: Tokenizer, body: QueryRequest) -> list[list[int]]:
+    from workers.chat_template import ChatTemplateError
+
     try:
         if isinstance(body, ChatRequest):
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -620,7 +622,11 @@ def _tokenize(tokenizer: Tokenizer, body: QueryRequest) -> list[list[int]]:
         if isinstance(body, CompletionRequest):
             return [tokenizer.encode(body.text())]
         return [tokenizer.encode(i) if isinstance(i, str) else i for i in body.items()]
-    except ValueError as exc:  # e.g. a chat template's rule on the order of roles
+    except ChatTemplateError as exc:  # the model's own jinja template raised or crossed a bound
+        raise InvalidParameter(
+            f"the prompt cannot be tokenized: the model's chat template failed: {exc}"
+        ) from None
+    except ValueError as exc:  # e.g. a built-in chat format's rule on the order of roles
         raise InvalidParameter(f"the prompt cannot be tokenized: {exc}") from None
 
 

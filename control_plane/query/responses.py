@@ -391,7 +391,7 @@ async def events(
         else:
             yield _event(completion_chunk(request_id, model, chunk, text_of))
         started.add(chunk.index)
-        accounting.delivered(chunk.usage, chunk.text)  # it was sent: now it counts
+        accounting.delivered(chunk.usage, {chunk.index: chunk.text})  # sent: now it counts
         chunk = await anext(rest, None)
 
 

@@ -285,12 +285,16 @@ async def _complete(
         lambda e: replicas.complete(query.target.labels, e, query.generation(body, e))
     )
     slot.release()
-    query.accounting.delivered(result.usage, "".join(result.texts.values()))
+    query.accounting.delivered(result.usage)
     text_of = query.gateway.tokenizers.token_text(entity)
     rid = query.accounting.request_id
+    answer: responses.ChatCompletion | responses.TextCompletion
     if isinstance(body, ChatRequest):
-        return entity, responses.chat_completion(rid, entity.name, result, text_of)
-    return entity, responses.text_completion(rid, entity.name, result, text_of)
+        answer = responses.chat_completion(rid, entity.name, result, text_of)
+    else:
+        answer = responses.text_completion(rid, entity.name, result, text_of)
+    query.accounting.answered(answer)
+    return entity, answer
 
 
 async def _embed(
@@ -303,7 +307,9 @@ async def _embed(
     slot.release()
     query.accounting.delivered(result.usage)
     vectors, tokens = result.vectors, result.usage.prompt_tokens
-    return entity, responses.embedding_list(entity.name, vectors, tokens, body.encoding_format)
+    answer = responses.embedding_list(entity.name, vectors, tokens, body.encoding_format)
+    query.accounting.answered(answer)
+    return entity, answer
 
 
 async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, None]:

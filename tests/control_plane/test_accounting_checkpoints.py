@@ -101,7 +101,7 @@ def test_a_killed_stream_is_billed_up_to_its_last_checkpoint_and_no_further(
             assert request_id in checkpoints(engine)
             acc.prompt_processed(Usage(PROMPT, 1))
             for n in range(1, tokens + 1):
-                acc.delivered(Usage(PROMPT, n), f" t{n}")
+                acc.delivered(Usage(PROMPT, n), {0: f" t{n}"})
                 delivered[request_id] = n
                 await asyncio.sleep(0.002)
             await asyncio.Event().wait()  # the process dies before the stream ends

@@ -272,38 +272,93 @@ def _metrics(server: LiveServer) -> str:
         return http.get("/metrics").text
 
 
-def test_inference_table_logs_payloads_when_enabled(server: LiveServer) -> None:
+def test_inference_table_keeps_each_request_and_answer_and_reads_them_back(
+    server: LiveServer,
+) -> None:
+    """With the inference table on, the request JSON and the answer JSON (a stream's
+    choices assembled, each apart) are kept with the usage row's status, latency, tokens and
+    client request id; they read back a page at a time, or as JSON Lines, for the caller's
+    workspace only."""
     with server.client() as http:
         tables = {"inference_table_config": {"enabled": True}}
-        assert (
-            http.put(f"/api/2.0/serving-endpoints/{COMPLETE}/ai-gateway", json=tables).status_code
-            == 200
-        )
-        server.plane.gateway.targets.forget(COMPLETE)
+        for endpoint in (NAME, COMPLETE):
+            put = http.put(f"/api/2.0/serving-endpoints/{endpoint}/ai-gateway", json=tables)
+            assert put.status_code == 200, put.text
+            server.plane.gateway.targets.forget(endpoint)
+    client = openai_client(server)
+    answer = client.chat.completions.create(
+        model=NAME,
+        messages=MESSAGES,
+        max_tokens=3,
+        n=2,
+        extra_body={"client_request_id": "inference-1"},
+    )
+    streamed: dict[int, str] = {}
+    stream_id = ""
+    for chunk in client.chat.completions.create(
+        model=NAME, messages=MESSAGES, max_tokens=2, n=2, stream=True
+    ):
+        stream_id = chunk.id
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+    with server.client() as http:
         plain = http.post(
             f"/serving-endpoints/{COMPLETE}/invocations", json={"prompt": "log me", "max_tokens": 2}
         ).json()
-        with http.stream(
-            "POST",
-            f"/serving-endpoints/{COMPLETE}/invocations",
-            json={"prompt": "stream me", "max_tokens": 3, "stream": True},
-        ) as response:
-            events = [line for line in response.iter_lines() if line.startswith("data: {")]
-    streamed_id = _request_id(json.loads(events[0].removeprefix("data: "))["id"])
-    logged = _inference_rows(server, {_request_id(plain["id"]), streamed_id})
-    assert json.loads(logged[_request_id(plain["id"])]["request"])["prompt"] == "log me"
-    assert logged[_request_id(plain["id"])]["response"] == plain["choices"][0]["text"]
-    assert logged[streamed_id]["response"] == " tok1000 tok1001 tok1002"  # chunks assembled
-    assert logged[streamed_id]["status_code"] == 200
+        listing = http.get(f"/api/2.0/serving-endpoints/{NAME}/inference-log")
+        assert listing.status_code == 200, listing.text
+        rows = {r["databricks_request_id"]: r for r in listing.json()["rows"]}
+        completions = http.get(f"/api/2.0/serving-endpoints/{COMPLETE}/inference-log").json()
 
+    whole = rows[_request_id(answer.id)]
+    assert whole["request"]["messages"] == MESSAGES and whole["request"]["n"] == 2
+    assert whole["response"]["id"] == answer.id
+    assert [c["message"]["content"] for c in whole["response"]["choices"]] == [
+        c.message.content for c in answer.choices
+    ]
+    assert answer.usage is not None
+    assert (whole["input_token_count"], whole["output_token_count"]) == (
+        answer.usage.prompt_tokens,
+        answer.usage.completion_tokens,
+    )
+    assert whole["client_request_id"] == "inference-1" and whole["status_code"] == 200
+    assert whole["execution_duration_ms"] >= 0 and not whole["response_truncated"]
 
-def _inference_rows(server: LiveServer, ids: set[str]) -> dict[str, dict[str, Any]]:
-    from sqlalchemy import create_engine, text
+    stream = rows[_request_id(stream_id)]
+    assert stream["request"]["stream"] is True
+    assert stream["response"]["choices"] == [
+        {"index": index, "text": text} for index, text in sorted(streamed.items())
+    ]
+    assert len(streamed) == 2 and stream["client_request_id"] is None
 
-    engine = create_engine(server.plane.settings.resolved_database_url())
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text("SELECT * FROM inference_log")).mappings().all()
-    finally:
-        engine.dispose()
-    return {r["databricks_request_id"]: dict(r) for r in rows if r["databricks_request_id"] in ids}
+    (logged,) = [
+        r for r in completions["rows"] if r["databricks_request_id"] == _request_id(plain["id"])
+    ]
+    assert logged["request"]["prompt"] == "log me" and logged["response"] == plain
+
+    with server.client() as http:
+        # a page at a time: the same rows, each once
+        paged, token = [], None
+        while True:
+            params: dict[str, Any] = {"page_size": 1}
+            if token:
+                params["page_token"] = token
+            page = http.get(f"/api/2.0/serving-endpoints/{NAME}/inference-log", params=params)
+            paged += page.json()["rows"]
+            token = page.json().get("next_page_token")
+            if not token:
+                break
+        assert paged == listing.json()["rows"]
+        lines = http.get(
+            f"/api/2.0/serving-endpoints/{NAME}/inference-log", params={"format": "jsonl"}
+        )
+        assert lines.headers["content-type"].startswith("application/x-ndjson")
+        assert [json.loads(line) for line in lines.text.splitlines()] == paged
+        # another workspace sees no such endpoint
+        other = http.post("/api/2.0/workspaces", json={"name": f"outsiders-{SUFFIX}"}).json()
+        outsider = http.post(
+            f"/api/2.0/workspaces/{other['workspace_id']}/users",
+            json={"user_name": f"admin-{SUFFIX}", "admin": True},
+        ).json()["token_value"]
+    with server.client(outsider) as theirs:
+        assert theirs.get(f"/api/2.0/serving-endpoints/{NAME}/inference-log").status_code == 404

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -106,12 +107,14 @@ def inference_log(
     return Response(shown, media_type="application/json")
 
 
+@dataclass(frozen=True)
 class _Scope:
-    def __init__(
-        self, endpoint_id: str, workspace_id: str, start: datetime | None, end: datetime | None
-    ) -> None:
-        self.endpoint_id, self.workspace_id = endpoint_id, workspace_id
-        self.start, self.end = start, end
+    """The rows a caller may read: one endpoint's, of requests made from its workspace."""
+
+    endpoint_id: str
+    workspace_id: str
+    start: datetime | None
+    end: datetime | None
 
     def where(self) -> list[Any]:
         clauses: list[Any] = [

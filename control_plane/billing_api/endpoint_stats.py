@@ -22,10 +22,9 @@ from billing.ledger import EndpointUsage
 from billing.ledger.models import ENDPOINT_NAME_LENGTH
 from billing.metering.hours import sql_hour
 from control_plane.api.deps import CallerDep, SessionDep
-from control_plane.billing_api.listing import Scope, billing_scope, plain_filter, time_range
+from control_plane.billing_api.listing import Scope, billing_scope, plain_filter
 from control_plane.billing_api.schemas import EndpointStats, EndpointStatsPoint, Granularity
-from control_plane.billing_api.summary import MAX_HOURLY_RANGE, MAX_RANGE, bucket
-from control_plane.errors import InvalidParameter
+from control_plane.billing_api.summary import bucket, chart_range
 
 router = APIRouter(prefix="/api/2.0/billing", tags=["billing"])
 
@@ -44,15 +43,7 @@ def endpoint_stats(
 ) -> EndpointStats:
     plain_filter("endpoint_name", endpoint_name, ENDPOINT_NAME_LENGTH)
     scope = billing_scope(caller, workspace_id)
-    start, end = time_range(start_time, end_time)
-    if start is None or end is None:
-        raise InvalidParameter("give start_time and end_time (ISO 8601)")
-    if end - start > MAX_RANGE:
-        raise InvalidParameter(f"the range may span at most {MAX_RANGE.days} days")
-    if granularity == Granularity.HOUR and end - start > MAX_HOURLY_RANGE:
-        raise InvalidParameter(
-            f"granularity HOUR covers at most {MAX_HOURLY_RANGE.days} days; use DAY"
-        )
+    start, end = chart_range(start_time, end_time, granularity)
     where = _where(scope, endpoint_name, start, end)
     table = EndpointUsage
     hour = sql_hour(table.request_time, session.get_bind().dialect.name)

@@ -109,37 +109,30 @@ def summary(
 ) -> BillingSummary:
     """Spend over [start_time, end_time) and this month's, for the caller's scope."""
     scope = billing_scope(caller, workspace_id)
-    start, end = time_range(start_time, end_time)
-    if start is None or end is None:
-        raise InvalidParameter("give start_time and end_time (ISO 8601)")
-    if end - start > MAX_RANGE:
-        raise InvalidParameter(f"the range may span at most {MAX_RANGE.days} days")
-    if granularity == Granularity.HOUR and end - start > MAX_HOURLY_RANGE:
-        raise InvalidParameter(
-            f"granularity HOUR covers at most {MAX_HOURLY_RANGE.days} days; use DAY"
-        )
+    start, end = chart_range(start_time, end_time, granularity)
     now = utcnow()
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month_end = (month_start + timedelta(days=32)).replace(day=1)
     pricer = pricer_for(session, plane)
     hours: dict[tuple[str | None, object], _Hour] = {}
     cells: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
-    for workspace, sku, endpoint_id, name, stored_hour, dbu in read_rows(
-        session, plane, scope, min(start, month_start), max(end, now)
-    ):
-        # What a record's hour decides (its $/DBU, bucket, month and range) is worked out
-        # once per (workspace, hour); the rows are then summed in cells of equal price.
-        hour = hours.get((workspace, stored_hour))
-        if hour is None:
-            moment = _utc(stored_hour)
-            hour = hours[(workspace, stored_hour)] = _Hour(
-                price=pricer.dollars_per_dbu(workspace, moment),
-                bucket=bucket(moment, granularity),
-                in_month=moment >= month_start,
-                in_range=start - timedelta(hours=1) < moment < end,  # its hour overlaps
-            )
-        key = name if group_by == SeriesGroup.ENDPOINT else sku
-        cells[(hour, workspace, sku, endpoint_id, name, key)] += Decimal(dbu)
+    with localcontext(EXACT):  # sums of 18-place DBUs: never rounded
+        for workspace, sku, endpoint_id, name, stored_hour, dbu in read_rows(
+            session, plane, scope, min(start, month_start), max(end, now)
+        ):
+            # What a record's hour decides (its $/DBU, bucket, month and range) is worked out
+            # once per (workspace, hour); the rows are then summed in cells of equal price.
+            hour = hours.get((workspace, stored_hour))
+            if hour is None:
+                moment = _utc(stored_hour)
+                hour = hours[(workspace, stored_hour)] = _Hour(
+                    price=pricer.dollars_per_dbu(workspace, moment),
+                    bucket=bucket(moment, granularity),
+                    in_month=moment >= month_start,
+                    in_range=start - timedelta(hours=1) < moment < end,  # its hour overlaps
+                )
+            key = name if group_by == SeriesGroup.ENDPOINT else sku
+            cells[(hour, workspace, sku, endpoint_id, name, key)] += Decimal(dbu)
     in_range, month = Totals(), Sum()
     with localcontext(EXACT):
         for (hour, workspace, sku, endpoint_id, name, key), dbu in cells.items():
@@ -179,6 +172,23 @@ def summary(
             forecast=forecast(month, now - month_start, month_end - month_start),
         ),
     )
+
+
+def chart_range(
+    start_time: str, end_time: str, granularity: Granularity
+) -> tuple[datetime, datetime]:
+    """[start, end) of a chart: both given, at most `MAX_RANGE`, and at most
+    `MAX_HOURLY_RANGE` in hours; a 400 that says which otherwise."""
+    start, end = time_range(start_time, end_time)
+    if start is None or end is None:
+        raise InvalidParameter("give start_time and end_time (ISO 8601)")
+    if end - start > MAX_RANGE:
+        raise InvalidParameter(f"the range may span at most {MAX_RANGE.days} days")
+    if granularity == Granularity.HOUR and end - start > MAX_HOURLY_RANGE:
+        raise InvalidParameter(
+            f"granularity HOUR covers at most {MAX_HOURLY_RANGE.days} days; use DAY"
+        )
+    return start, end
 
 
 def read_rows(

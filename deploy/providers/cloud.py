@@ -183,9 +183,12 @@ class CloudProvider:
         return self._annotated(status)
 
     def list_apps(self, prefix: str) -> dict[str, AppStatus]:
-        apps = self.cluster.list_apps(prefix)
+        # One listing serves both the answer and, when one is due, the sync (which needs
+        # every app holding a node group, whatever the prefix asked for).
+        every = self.cluster.list_apps("")
         if time.monotonic() - self._last_sync >= self.options.sync_interval_s:
-            self.sync()
+            self.sync(every)
+        apps = {name: status for name, status in every.items() if name.startswith(prefix)}
         with self._lock:
             refused = {n: s for n, s in self._refused.items() if n.startswith(prefix)}
         return refused | {name: self._annotated(status) for name, status in apps.items()}
@@ -204,14 +207,15 @@ class CloudProvider:
 
     # -- node groups follow their apps ---------------------------------------------------
 
-    def sync(self) -> None:
+    def sync(self, apps: dict[str, AppStatus] | None = None) -> None:
         """Scale each group to what its apps want, release the ones no app holds (twice in
         a row); every `SWEEP_EVERY` syncs, also what a crash left without a group (a
         template made just before the control plane died). Cloud errors are logged (any
-        exception: a cloud SDK raises its own); the next sync tries again."""
+        exception: a cloud SDK raises its own); the next sync tries again. `apps`: every
+        Serve application, when the caller has just listed them."""
         self._last_sync = time.monotonic()
         self.syncs += 1
-        wanted, unknown = _wanted_nodes(self.cluster.list_apps(""))
+        wanted, unknown = _wanted_nodes(self.cluster.list_apps("") if apps is None else apps)
         for cloud, groups in self.clouds.items():
             try:
                 owned = groups.list_owned()

@@ -35,6 +35,7 @@ SUFFIX = uuid.uuid4().hex[:6]
 NAME = f"chat-{SUFFIX}"  # task llm/v1/chat
 COMPLETE = f"complete-{SUFFIX}"  # task llm/v1/completions
 EMBED = f"embed-{SUFFIX}"  # task llm/v1/embeddings
+SYSTEM = f"system-{SUFFIX}"  # serves Databricks' system.ai.dbrx_instruct, version 3
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is a mixture of experts?"}
 ]
@@ -46,6 +47,11 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         create_endpoint(http, NAME)
         create_endpoint(http, COMPLETE, task="llm/v1/completions")
         create_endpoint(http, EMBED, task="llm/v1/embeddings")
+        create_endpoint(
+            http,
+            SYSTEM,
+            [{"entity_name": "system.ai.dbrx_instruct", "entity_version": "3"}],
+        )
         yield live
 
 
@@ -62,6 +68,18 @@ def _row(server: LiveServer, request_id: str, endpoint: str = NAME) -> dict[str,
 
 def _request_id(response_id: str) -> str:
     return response_id.split("-", 1)[1]
+
+
+def test_a_databricks_system_model_name_serves(server: LiveServer) -> None:
+    """`system.ai.dbrx_instruct` version 3 (by default the built-in dbrx-tiny) answers the
+    openai client under Databricks' default entity name."""
+    raw = openai_client(server).chat.completions.with_raw_response.create(
+        model=SYSTEM, messages=MESSAGES, max_tokens=2
+    )
+    assert raw.headers["served-model-name"] == "dbrx_instruct-3"
+    answer = raw.parse()
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+    assert answer.choices[0].message.content
 
 
 def test_openai_chat_usage_equals_engine_counts(server: LiveServer, cl100k: Any) -> None:

@@ -325,3 +325,30 @@ def test_the_ray_provider_alone_refuses_an_app_placed_in_a_cloud() -> None:
     shape = replica_shape(_worker())
     with pytest.raises(UnsupportedCapacity, match=r"clouds\.aws"):
         provider.check_supported(Workload((ReplicaGroup("llm", shape, 1, _placement()),)))
+
+
+def test_a_due_sync_reuses_the_listing_the_reconciler_asked_for(parts):
+    """One `list_apps` of the provider lists the cluster's apps once, sync or not: the sync
+    works from the same listing (every app, whatever the prefix), and the answer keeps only
+    the prefix."""
+    provider, cluster, groups = parts
+    provider.deploy(AppSpec("ms-ep1-llm-old", _worker(1), _placement()))
+    provider.deploy(AppSpec("ms-ep1-llm-new", _worker(3), _placement()))
+    cluster.apps["other-app"] = cluster.apps["ms-ep1-llm-new"]  # not ours: another prefix
+    cluster.phase["other-app"] = AppPhase.RUNNING
+    calls: list[str] = []
+    listing = cluster.list_apps
+
+    def counted(prefix: str) -> dict[str, AppStatus]:
+        calls.append(prefix)
+        return listing(prefix)
+
+    cluster.list_apps = counted
+    cluster.delete("ms-ep1-llm-old")
+    provider._last_sync = 0.0  # a sync is due
+    shown = provider.list_apps("ms-")
+    assert calls == [""]
+    assert set(shown) == {"ms-ep1-llm-new"}
+    name = groups.calls[0][1].name
+    # the sync saw both apps holding the group: the other prefix's counts as well
+    assert groups.calls[-1] == ("scale", (name, 6))

@@ -177,6 +177,15 @@ def _assert_overview_matches(page: Page, summary: dict[str, Any]) -> None:
         assert row["endpoint_name"] in shown.get_by_test_id("by-endpoint-name").inner_text()
 
 
+def _wait_for_text(page: Page, testid: str, text: str, timeout_ms: float = 30_000) -> None:
+    """Until the element with `testid` shows exactly `text` (after a filter change)."""
+    page.wait_for_function(
+        "([id, v]) => document.querySelector(`[data-testid=${id}]`).textContent === v",
+        arg=[testid, text],
+        timeout=timeout_ms,
+    )
+
+
 def _download(page: Page, testid: str) -> str:
     with page.expect_download() as info:
         page.get_by_test_id(testid).click()
@@ -240,10 +249,7 @@ def test_an_account_admin_sees_the_api_figures_and_traces_an_invoice_to_its_reco
         )
         switcher.select_option(label="rival")
         scoped = _summary(server, ADMIN_TOKEN, **_range(page), workspace_id=rival)
-        page.wait_for_function(
-            "([id, v]) => document.querySelector(`[data-testid=${id}]`).textContent === v",
-            arg=["range-dbu", scoped["total"]["dbu"]],
-        )
+        _wait_for_text(page, "range-dbu", scoped["total"]["dbu"])
         _assert_overview_matches(page, scoped)
         assert [r["endpoint_name"] for r in scoped["by_endpoint"]] == [THEIRS]
         switcher.select_option(label="All workspaces")
@@ -256,10 +262,7 @@ def test_an_account_admin_sees_the_api_figures_and_traces_an_invoice_to_its_reco
         assert date.fromisoformat(week["end_time"]) - date.fromisoformat(
             week["start_time"]
         ) == timedelta(days=7)
-        page.wait_for_function(
-            "([id, v]) => document.querySelector(`[data-testid=${id}]`).textContent === v",
-            arg=["range-dbu", _summary(server, ADMIN_TOKEN, **week)["total"]["dbu"]],
-        )
+        _wait_for_text(page, "range-dbu", _summary(server, ADMIN_TOKEN, **week)["total"]["dbu"])
         _assert_overview_matches(page, _summary(server, ADMIN_TOKEN, **week))
 
         # Drill into our endpoint: its requests, tokens and latency are the API's.
@@ -491,13 +494,11 @@ def test_with_90_days_of_50_endpoints_the_overview_is_interactive_in_under_a_sec
             assert len(summary["by_endpoint"]) == 50
             page.get_by_role("button", name="Last 90 days").click()
             began = datetime.now(UTC)
-            page.wait_for_function(
-                "([id, v]) => document.querySelector(`[data-testid=${id}]`).textContent === v",
-                arg=[
-                    "range-dbu",
-                    _summary(server, ADMIN_TOKEN, **_range(page))["total"]["dbu"],
-                ],
-                timeout=30_000,
+            _wait_for_text(
+                page,
+                "range-dbu",
+                _summary(server, ADMIN_TOKEN, **_range(page))["total"]["dbu"],
+                timeout_ms=30_000,
             )
             ninety = (datetime.now(UTC) - began).total_seconds() * 1000
             _shot(page, "seeded-90-days-1280")

@@ -84,6 +84,9 @@ def cloud_provider(settings: Settings, cluster: Provider) -> Provider:
             head_address=clouds.head_address or _attached_gcs_address,
             sync_interval_s=clouds.sync_interval_s,
             ray_auth_token=clouds.ray_auth_token,
+            # After a restart, the endpoints' leases move here within a lease's life; their
+            # apps are deployed at the next tick, onto the groups they already have.
+            release_after_s=2 * (settings.lease_ttl_s + settings.reconcile_interval_s),
         ),
     )
 

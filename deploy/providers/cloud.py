@@ -74,6 +74,10 @@ class CloudOptions:
     head_address: str | HeadAddress  # host:port nodes join, or how to find it after start
     sync_interval_s: float = 30.0
     ray_auth_token: SecretStr | None = None  # the cluster's, when it runs with token auth
+    # A group no app holds is released only once it has been so for this long (and at two
+    # syncs in a row): long enough for a restarted control plane to take over the leases
+    # of the endpoints it serves and deploy their apps onto the groups they already have.
+    release_after_s: float = 0.0
 
 
 @dataclass
@@ -98,7 +102,7 @@ class CloudProvider:
         self._ensured: dict[str, _Ensured] = {}  # by the group's Ray resource
         self._refused: dict[str, AppStatus] = {}  # apps whose placement failed, by name
         self._retry_at: dict[str, tuple[float, int]] = {}  # app -> (when, refusals so far)
-        self._unowned: set[str] = set()  # groups no app held at the last sync
+        self._unowned: dict[str, float] = {}  # groups no app held: since when (monotonic)
         self._last_sync = float("-inf")
         self.syncs = 0
 
@@ -167,7 +171,7 @@ class CloudProvider:
             self._refused.pop(spec.name, None)
             self._retry_at.pop(spec.name, None)
             self._ensured[resource] = _Ensured(placement.cloud, group, time.monotonic())
-            self._unowned.discard(resource)
+            self._unowned.pop(resource, None)
         log.info(
             "node group %s: %d × %s in %s for %s",
             group.name, group.desired, group.instance_type, group.region, spec.name,
@@ -208,11 +212,12 @@ class CloudProvider:
     # -- node groups follow their apps ---------------------------------------------------
 
     def sync(self, apps: dict[str, AppStatus] | None = None) -> None:
-        """Scale each group to what its apps want, release the ones no app holds (twice in
-        a row); every `SWEEP_EVERY` syncs, also what a crash left without a group (a
-        template made just before the control plane died). Cloud errors are logged (any
-        exception: a cloud SDK raises its own); the next sync tries again. `apps`: every
-        Serve application, when the caller has just listed them."""
+        """Scale each group to what its apps want, release the ones no app holds (at two
+        syncs in a row, `release_after_s` apart at least); every `SWEEP_EVERY` syncs, also
+        what a crash left without a group (a template made just before the control plane
+        died). Cloud errors are logged (any exception: a cloud SDK raises its own); the
+        next sync tries again. `apps`: every Serve application, when the caller has just
+        listed them."""
         self._last_sync = time.monotonic()
         self.syncs += 1
         wanted, unknown = _wanted_nodes(self.cluster.list_apps("") if apps is None else apps)
@@ -245,7 +250,7 @@ class CloudProvider:
         resource = node_resource(group.name)
         if resource in wanted or resource in unknown:
             with self._lock:
-                self._unowned.discard(resource)
+                self._unowned.pop(resource, None)
             if resource in wanted and wanted[resource] != group.desired:
                 count = wanted[resource]
                 log.info("scaling node group %s: %d → %d", group.name, group.desired, count)
@@ -259,13 +264,16 @@ class CloudProvider:
             grace = 2 * self.options.sync_interval_s
             if ensured is not None and ensured.at > self._last_sync - grace:
                 return  # ensured here just now; its app may not be listed yet
-            if resource not in self._unowned:
-                self._unowned.add(resource)  # first strike: released if still unheld next time
+            since = self._unowned.get(resource)
+            if since is None:
+                self._unowned[resource] = self._last_sync  # first strike
                 return
+            if self._last_sync - since < self.options.release_after_s:
+                return  # its endpoint's new lease holder may not have deployed it yet
         log.info("releasing node group %s: no application holds it", group.name)
         groups.release(group.name)
         with self._lock:
-            self._unowned.discard(resource)
+            self._unowned.pop(resource, None)
             self._ensured.pop(resource, None)
 
     # -- helpers -------------------------------------------------------------------------

@@ -73,6 +73,8 @@ def _server(
         # Small = 1 replica, Medium = 2: small enough for worker nodes on a 2-core machine.
         workers={"concurrency_per_replica": 8},
         retire_grace_s=1,
+        # One process: a short lease makes its groups' release grace short (2 × (1.5 + 0.2) s).
+        lease_ttl_s=1.5,
         gateway={"lookup_cache_ttl_s": 0.5},
         clouds={
             "installation_id": INSTALLATION,

@@ -212,6 +212,27 @@ def test_leftovers_are_swept_every_few_syncs_keeping_every_group_that_exists(par
     assert sweeps == [frozenset(groups.groups)]
 
 
+def test_a_group_without_an_app_is_kept_until_a_restarted_plane_could_have_deployed_it(parts):
+    """A control plane killed between creating a group and deploying its app: the next
+    process holds the group unheld until the endpoint's lease has moved to it and its
+    reconciler has deployed the app. Released only when unheld `release_after_s` long."""
+    _, cluster, groups = parts
+    provider = CloudProvider(
+        cluster,
+        {"aws": groups},
+        CloudOptions("inst", "img:1", "10.0.0.1:6379", sync_interval_s=3600, release_after_s=60),
+    )
+    provider.start()
+    spec = provider._node_spec("ms-ep1-llm-a", _placement(), _worker())
+    groups.ensure(spec)  # the killed process made it; this one has no memory of it
+    provider.sync()
+    provider.sync()
+    assert spec.name in groups.groups, "released while the lease had not yet moved over"
+    provider._unowned[spec.ray_resource] -= 61  # unheld for longer than the grace
+    provider.sync()
+    assert groups.calls[-1] == ("release", spec.name) and groups.groups == {}
+
+
 def test_a_group_ensured_just_now_is_not_released_before_its_app_shows(parts):
     provider, cluster, groups = parts
     provider.deploy(AppSpec("ms-ep1-llm-a", _worker(), _placement()))
@@ -345,7 +366,7 @@ def test_a_due_sync_reuses_the_listing_the_reconciler_asked_for(parts):
 
     cluster.list_apps = counted
     cluster.delete("ms-ep1-llm-old")
-    provider._last_sync = 0.0  # a sync is due
+    provider._last_sync = float("-inf")  # a sync is due
     shown = provider.list_apps("ms-")
     assert calls == [""]
     assert set(shown) == {"ms-ep1-llm-new"}

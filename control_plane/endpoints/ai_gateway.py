@@ -57,16 +57,45 @@ class PiiSettings(_Settings):
     behavior: PiiBehavior | None = None
 
 
+MAX_KEYWORD_CHARS = 256
+NO_GUARD_MODEL = (
+    "needs a guard model (a classifier that judges the text), and this installation has "
+    "none: leave it out, or use invalid_keywords and pii"
+)
+
+
 class GuardrailParameters(_Settings):
     safety: bool | None = None
     pii: PiiSettings | None = None
     invalid_keywords: list[str] | None = Field(default=None, max_length=1000)
     valid_topics: list[str] | None = Field(default=None, max_length=1000)
 
+    def problem(self, where: str) -> str | None:
+        """Why these guardrails cannot be enforced here, naming the field; None when they
+        can. Checked when a config is set, not when a stored one is read (a config stored
+        by an older release still loads; its queries are refused instead)."""
+        if self.safety:
+            return f"{where}.safety {NO_GUARD_MODEL}"
+        if self.valid_topics:
+            return f"{where}.valid_topics {NO_GUARD_MODEL}"
+        for i, keyword in enumerate(self.invalid_keywords or []):
+            if not keyword.strip() or len(keyword) > MAX_KEYWORD_CHARS:
+                return (
+                    f"{where}.invalid_keywords[{i}] must hold 1-{MAX_KEYWORD_CHARS} characters "
+                    "and not only whitespace"
+                )
+        return None
+
 
 class Guardrails(_Settings):
     input: GuardrailParameters | None = None
     output: GuardrailParameters | None = None
+
+    def problem(self) -> str | None:
+        for where, parameters in (("input", self.input), ("output", self.output)):
+            if parameters is not None and (why := parameters.problem(f"guardrails.{where}")):
+                return why
+        return None
 
 
 class FallbackConfig(_Settings):
@@ -82,6 +111,14 @@ class AiGatewayConfig(_Settings):
     inference_table_config: InferenceTableConfig | None = None
     guardrails: Guardrails | None = None
     fallback_config: FallbackConfig | None = None
+
+    def check_enforceable(self) -> None:
+        """A 400 when a setting cannot be enforced (see `GuardrailParameters.problem`)."""
+        from control_plane.errors import InvalidParameter
+
+        why = None if self.guardrails is None else self.guardrails.problem()
+        if why is not None:
+            raise InvalidParameter(why)
 
     @property
     def fallback_enabled(self) -> bool:

@@ -67,6 +67,8 @@ class EndpointService:
             raise AlreadyExists(f"endpoint {body.name!r} already exists in this workspace")
         endpoint_id = new_id()
         now = utcnow()
+        if body.ai_gateway is not None:
+            body.ai_gateway.check_enforceable()
         pending = self._normalize(body.config, endpoint_id, version=1, workspace=True)
         endpoint = new_endpoint(
             endpoint_id=endpoint_id,
@@ -145,6 +147,7 @@ class EndpointService:
         return endpoint.tags
 
     def put_ai_gateway(self, name: str, body: AiGatewayConfig) -> AiGatewayConfig:
+        body.check_enforceable()
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
         endpoint.ai_gateway = body
         endpoint.updated_at = utcnow()

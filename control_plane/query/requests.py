@@ -3,7 +3,7 @@ Databricks' extras (`client_request_id`, `usage_context`), validated once, at th
 
 Strict on purpose, as OpenAI itself is: a value of the wrong type is refused, never coerced
 ("5" is not 5, "yes" is not true); an unknown parameter is refused; and a parameter OpenAI
-defines that moeserve does not implement (tools, structured output, penalties, ...) is
+defines that moeserve does not implement (penalties, the deprecated `functions`, ...) is
 refused with a 400 that names it, unless it carries its no-op default (presence_penalty 0,
 echo false), which is exactly what moeserve does. OpenAI's ranges are enforced.
 
@@ -37,11 +37,29 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from control_plane.endpoints.config import ServedEntity, Task
 from control_plane.errors import InvalidParameter
+from control_plane.query.tool_calling import (
+    MAX_TOOLS,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolUse,
+    tool_use,
+)
+from workers.engine.constraint import Constraint
 from workers.engine.request import GenerationRequest
 from workers.model.args import ModelArgs
 from workers.model.source import ModelSource
@@ -89,8 +107,7 @@ KIND_FIELD = {
     QueryKind.EMBEDDINGS: "input",
 }
 
-_TOOLS = "tool calling is not supported yet"
-_FORMAT = "structured output (response_format) is not supported yet"
+_FUNCTIONS = "the deprecated functions/function_call are not supported: send tools and tool_choice"
 # OpenAI parameters moeserve does not implement: {name: (no-op values, why)}, per kind.
 _COMMON_UNSUPPORTED: NoOps = {
     "user": ((None,), "end-user ids are not recorded; tag usage rows with usage_context"),
@@ -105,12 +122,8 @@ UNSUPPORTED: dict[QueryKind, NoOps] = {
     QueryKind.CHAT: {
         **_COMMON_UNSUPPORTED,
         **_GENERATION_UNSUPPORTED,
-        "tools": ((None, []), _TOOLS),
-        "tool_choice": ((None, "none"), _TOOLS),
-        "parallel_tool_calls": ((None,), _TOOLS),
-        "functions": ((None, []), _TOOLS),
-        "function_call": ((None, "none"), _TOOLS),
-        "response_format": ((None, {"type": "text"}), _FORMAT),
+        "functions": ((None, []), _FUNCTIONS),
+        "function_call": ((None, "none"), _FUNCTIONS),
         "modalities": ((None, ["text"]), "only text output is supported"),
         "audio": ((None,), "audio output is not supported"),
         "prediction": ((None,), "predicted outputs are not supported"),
@@ -312,6 +325,9 @@ class _Generation(_Body):
     def num_logprobs(self) -> int | None:
         return None
 
+    def constraint(self) -> Constraint | None:
+        return None
+
     def generation_request(self, request_id: str, prompt_ids: list[int]) -> GenerationRequest:
         """The engine request (validated here, once; the replica trusts it)."""
         return GenerationRequest(
@@ -325,6 +341,7 @@ class _Generation(_Body):
             stop=self.stops(),
             n=self.n,
             logprobs=self.num_logprobs(),
+            constraint=self.constraint(),
         )
 
 
@@ -338,29 +355,77 @@ class TextPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: Text | list[TextPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, max_length=MAX_TOOLS, description="an assistant turn's calls"
+    )
+    tool_call_id: str | None = Field(
+        default=None, min_length=1, max_length=256, description="a tool turn's call"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Message:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a message of role 'tool' needs the tool_call_id it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError("only a message of role 'tool' has a tool_call_id")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only a message of role 'assistant' has tool_calls")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is required (an assistant turn may instead have tool_calls)")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates take it (transformers' convention: a call's
+        arguments as an object when they are JSON, as OpenAI sent them otherwise)."""
+        turn: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": _arguments(call.function.arguments),
+                    },
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
+
+
+def _arguments(text: str) -> JsonValue:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
 
 class ChatRequest(_Generation):
+    _tool_use: ToolUse | None = PrivateAttr(default=None)
     messages: list[Message] = Field(min_length=1, max_length=4096)
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="tokens to generate at most (with max_tokens: the smaller)"
     )
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, description=f"at most {MAX_TOOLS} functions")
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     # accepted at their no-op values only (see UNSUPPORTED)
-    tools: list[JsonObject] | None = None
-    tool_choice: str | None = None
-    parallel_tool_calls: None = None
     functions: list[JsonObject] | None = None
     function_call: str | None = None
-    response_format: dict[str, str] | None = None
     modalities: list[str] | None = None
     audio: None = None
     prediction: None = None
@@ -379,6 +444,22 @@ class ChatRequest(_Generation):
     def token_limit(self) -> int | None:
         limits = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
         return min(limits, default=None)
+
+    def tool_use(self) -> ToolUse:
+        """The structured-output and tool settings, resolved and compiled once (a 400
+        that says what to change when they cannot be)."""
+        if self._tool_use is None:
+            use = tool_use(
+                self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format
+            )
+            if use.calls_tools and self.logprobs:
+                raise InvalidParameter("logprobs are not supported with tools: leave one out")
+            object.__setattr__(self, "_tool_use", use)
+        assert self._tool_use is not None
+        return self._tool_use
+
+    def constraint(self) -> Constraint | None:
+        return self.tool_use().constraint()
 
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -453,9 +534,12 @@ def parse_request(kind: QueryKind, raw: JsonObject) -> QueryRequest:
     """`raw` (a JSON object) as a request of `kind`, or a 400 that names what to change."""
     _refuse_unsupported(kind, raw)
     try:
-        return REQUEST_MODELS[kind].model_validate(raw)
+        body = REQUEST_MODELS[kind].model_validate(raw)
     except ValidationError as exc:
         raise InvalidParameter(f"invalid {kind} request: {_problems(exc)}") from None
+    if isinstance(body, ChatRequest):
+        body.tool_use()  # resolved and compiled here, at the edge: a 400 before dispatch
+    return body
 
 
 def _problems(exc: ValidationError) -> str:
@@ -617,8 +701,9 @@ def _tokenize(tokenizer: Tokenizer, body: QueryRequest) -> list[list[int]]:
 
     try:
         if isinstance(body, ChatRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            return [tokenizer.apply_chat_template(messages)]
+            messages = [m.for_template() for m in body.messages]
+            tools = body.tool_use().prompt_tools()
+            return [tokenizer.apply_chat_template(messages, tools=tools)]
         if isinstance(body, CompletionRequest):
             return [tokenizer.encode(body.text())]
         return [tokenizer.encode(i) if isinstance(i, str) else i for i in body.items()]

@@ -24,8 +24,10 @@ from starlette.types import Receive, Scope, Send
 
 from control_plane.errors import ApiError
 from control_plane.query.accounting import Accounting
+from control_plane.query.call_stream import CallStream, Piece, SentCall
 from control_plane.query.replicas import ReplicaFailed
 from control_plane.query.requests import ChatRequest, GenerationBody, TextOf
+from control_plane.query.tool_calling import ToolUse
 from workers.engine.request import Completion, TokenChunk, TokenLogprob
 from workers.engine.request import Usage as EngineUsage
 
@@ -65,9 +67,21 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the answer is tool calls
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChatChoice(BaseModel):
@@ -90,9 +104,22 @@ def _omitted_when_none() -> Any:
     return Field(default=None, exclude_if=lambda value: value is None)
 
 
+class FunctionDelta(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionDelta  # a call is sent whole, once its block is complete
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = _omitted_when_none()
-    content: str
+    content: str | None = _omitted_when_none()
+    tool_calls: list[ToolCallDelta] | None = _omitted_when_none()
 
 
 class ChatChunkChoice(BaseModel):
@@ -210,23 +237,38 @@ def _completion_logprobs(
 
 
 def chat_completion(
-    request_id: str, model: str, result: Completion, text_of: TextOf
+    request_id: str, model: str, result: Completion, text_of: TextOf, use: ToolUse | None = None
 ) -> ChatCompletion:
     logprobs = result.logprobs or {}
+    choices = []
+    for i in sorted(result.texts):
+        message = AssistantMessage(content=result.texts[i])
+        reason: str | None = result.finish_reasons[i]
+        if use is not None and use.calls_tools:  # read as a stream would: the same calls
+            piece = CallStream(use).feed(result.texts[i], reason)
+            calls = [_call_out(sent) for sent in piece.calls]
+            message = AssistantMessage(content=piece.content, tool_calls=calls or None)
+            reason = piece.finish_reason
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                finish_reason=reason,
+                logprobs=_chat_logprobs(logprobs.get(i), text_of),
+            )
+        )
     return ChatCompletion(
         id=f"chatcmpl-{request_id}",
         created=int(time.time()),
         model=model,
-        choices=[
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(content=result.texts[i]),
-                finish_reason=result.finish_reasons[i],
-                logprobs=_chat_logprobs(logprobs.get(i), text_of),
-            )
-            for i in sorted(result.texts)
-        ],
+        choices=choices,
         usage=Usage.of(result.usage),
+    )
+
+
+def _call_out(sent: SentCall) -> ToolCallOut:
+    return ToolCallOut(
+        id=sent.id, function=CalledFunction(name=sent.call.name, arguments=sent.call.arguments)
     )
 
 
@@ -252,14 +294,33 @@ def text_completion(
 
 
 def chat_chunk(
-    request_id: str, model: str, chunk: TokenChunk, text_of: TextOf, *, first: bool
+    request_id: str,
+    model: str,
+    chunk: TokenChunk,
+    text_of: TextOf,
+    *,
+    first: bool,
+    piece: Piece | None = None,
 ) -> ChatCompletionChunk:
-    """One streamed piece of one choice; its first piece names the assistant role."""
-    delta = Delta(role="assistant", content=chunk.text) if first else Delta(content=chunk.text)
+    """One streamed piece of one choice; its first piece names the assistant role. `piece`:
+    what a choice that may call tools sends for this chunk instead of its text."""
+    if piece is None:
+        piece = Piece(content=chunk.text, finish_reason=chunk.finish_reason)
+    calls = [
+        ToolCallDelta(
+            index=sent.index,
+            id=sent.id,
+            function=FunctionDelta(name=sent.call.name, arguments=sent.call.arguments),
+        )
+        for sent in piece.calls
+    ]
+    delta = Delta(
+        role="assistant" if first else None, content=piece.content, tool_calls=calls or None
+    )
     choice = ChatChunkChoice(
         index=chunk.index,
         delta=delta,
-        finish_reason=chunk.finish_reason,
+        finish_reason=piece.finish_reason,
         logprobs=_chat_logprobs(chunk.logprobs, text_of),
     )
     return ChatCompletionChunk(
@@ -381,13 +442,20 @@ async def events(
 ) -> AsyncIterator[str]:
     """One event per chunk; a chunk's usage counts once it was sent."""
     chat = isinstance(body, ChatRequest)
+    use = body.tool_use() if isinstance(body, ChatRequest) else None
+    calls: dict[int, CallStream] = {}  # per choice, when the answer may call tools
     request_id, model = accounting.request_id, accounting.entity.name
     started: set[int] = set()
     chunk: TokenChunk | None = first
     while chunk is not None:
         if chat:
             opening = chunk.index not in started
-            yield _event(chat_chunk(request_id, model, chunk, text_of, first=opening))
+            piece = None
+            if use is not None and use.calls_tools:
+                stream = calls.setdefault(chunk.index, CallStream(use))
+                piece = stream.feed(chunk.text, chunk.finish_reason)
+            chunk_event = chat_chunk(request_id, model, chunk, text_of, first=opening, piece=piece)
+            yield _event(chunk_event)
         else:
             yield _event(completion_chunk(request_id, model, chunk, text_of))
         started.add(chunk.index)

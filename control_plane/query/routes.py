@@ -290,7 +290,7 @@ async def _complete(
     rid = query.accounting.request_id
     answer: responses.ChatCompletion | responses.TextCompletion
     if isinstance(body, ChatRequest):
-        answer = responses.chat_completion(rid, entity.name, result, text_of)
+        answer = responses.chat_completion(rid, entity.name, result, text_of, body.tool_use())
     else:
         answer = responses.text_completion(rid, entity.name, result, text_of)
     query.accounting.answered(answer)

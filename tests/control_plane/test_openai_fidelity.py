@@ -61,9 +61,9 @@ def test_max_completion_tokens_is_honoured_and_the_smaller_limit_wins(
 @pytest.mark.parametrize(
     ("parameters", "named"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"tool_choice": "required"}, "tool_choice"),  # with no tools to call
+        ({"response_format": {"type": "xml"}}, "response_format"),
         ({"logit_bias": {"15339": 5}}, "logit_bias"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": -1}, "frequency_penalty"),

@@ -40,9 +40,9 @@ from workers.tokenizer import load_tokenizer
 
 # -- the bounds are sound ----------------------------------------------------------------------
 def test_the_cl100k_bound_is_its_longest_token_and_never_overestimates() -> None:
-    from workers.tokenizer import _cl100k_encoding
+    from workers.tokenizer import cl100k_encoding
 
-    longest = max(map(len, _cl100k_encoding().token_byte_values()))
+    longest = max(map(len, cl100k_encoding().token_byte_values()))
     assert longest == CL100K_MAX_TOKEN_BYTES
     tokenizer = load_tokenizer("cl100k_base")
     assert max_chars_per_token("cl100k_base", tokenizer) == CL100K_MAX_TOKEN_BYTES

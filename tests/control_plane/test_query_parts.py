@@ -77,7 +77,7 @@ def test_every_unimplemented_parameter_is_refused_by_name_unless_it_is_a_no_op(
             parse_request(kind, {**base[kind], name: {"something": "else"}})
         for value in no_ops:
             parse_request(kind, {**base[kind], name: value})  # the default: honoured as is
-    assert "tools" in UNSUPPORTED[CHAT] and "response_format" in UNSUPPORTED[CHAT]
+    assert "functions" in UNSUPPORTED[CHAT] and "tools" not in UNSUPPORTED[CHAT]
     assert {"best_of", "echo", "suffix"} <= set(UNSUPPORTED[COMPLETIONS])
     assert "dimensions" in UNSUPPORTED[EMBEDDINGS]
 

@@ -38,7 +38,7 @@ from tokenizers import (
 from tokenizers import Tokenizer as RawTokenizer
 
 from workers.chat_template import ChatTemplate, ChatTemplateError
-from workers.tokenizer import HFTokenizer, load_tokenizer
+from workers.tokenizer import TOOLS_PREAMBLE, HFTokenizer, load_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -564,8 +564,11 @@ def test_directory_without_template_keeps_the_mistral_format(dirs: dict[str, Pat
     assert tok.apply_chat_template(messages) == expected
     with pytest.raises(ValueError, match="no place for tools"):
         tok.apply_chat_template(messages, tools=TOOLS)
-    with pytest.raises(ValueError, match="no place for tools"):
-        load_tokenizer("dbrx").apply_chat_template(messages, tools=TOOLS)
+    with pytest.raises(ValueError, match="no place for tools or tool turns"):
+        tok.apply_chat_template([*messages, {"role": "tool", "content": "4", "tool_call_id": "1"}])
+    # DBRX's built-in ChatML takes tools: described in the system message
+    with_tools = load_tokenizer("dbrx").apply_chat_template(messages, tools=TOOLS)
+    assert TOOLS_PREAMBLE in load_tokenizer("dbrx").decode(with_tools)
     assert load_tokenizer("dbrx").apply_chat_template(messages, tools=[]) == (
         load_tokenizer("dbrx").apply_chat_template(messages)
     )

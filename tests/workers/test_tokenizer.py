@@ -258,7 +258,7 @@ def test_chat_template_keeps_injected_special_text_plain(dbrx: Tokenizer) -> Non
 @pytest.mark.parametrize(
     ("messages", "complaint"),
     [
-        ([{"role": "tool", "content": "x"}], "role"),
+        ([{"role": "robot", "content": "x"}], "role"),
         ([{"content": "x"}], "role"),
         ([{"role": "user"}], "content"),
         ([{"role": "user", "content": 3}], "content"),
@@ -274,13 +274,13 @@ def test_chat_template_rejects_invalid_messages(
 
 def test_corrupt_ranks_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokenizer_module, "CL100K_SHA256", "0" * 64)
-    tokenizer_module._cl100k_encoding.cache_clear()
+    tokenizer_module.cl100k_encoding.cache_clear()
     try:
         with pytest.raises(RuntimeError, match="sha256"):
             load_tokenizer("dbrx")
     finally:
         monkeypatch.undo()
-        tokenizer_module._cl100k_encoding.cache_clear()
+        tokenizer_module.cl100k_encoding.cache_clear()
 
 
 def test_unknown_name_is_rejected_naming_accepted_options(tmp_path: Path) -> None:

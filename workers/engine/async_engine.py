@@ -148,6 +148,7 @@ class AsyncEngine:
         await self.stop()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._stepper, self.engine.executor.shutdown)
+        self.engine.grammar.close()
         self._stepper.shutdown(wait=False)
 
     async def run_on_torch_thread(self, fn: Callable[[], T]) -> T:
@@ -180,6 +181,11 @@ class AsyncEngine:
         self._check_accepting()
         if request.request_id in self._streams:
             raise ValueError(f"request id {request.request_id!r} is already running")
+        if request.constraint is not None:
+            # Compiling a grammar (and, the first time, indexing the vocabulary: up to 2 s)
+            # runs off the event loop so running streams keep flowing; `validate` then finds
+            # it compiled. A bad grammar raises ValueError here, as `validate` would.
+            await asyncio.to_thread(self.engine.grammar.check, request.constraint)
         max_tokens = self.engine.validate(request)  # raises ValueError with what to change
         self.start()
         stream = _Stream(asyncio.Queue(), request.n)

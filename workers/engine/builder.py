@@ -39,4 +39,5 @@ def engine_over(
         eos_token_ids=frozenset(eos),
         tokenizer=tokenizer,
         config=config,
+        vocab_size=args.vocab_size,
     )

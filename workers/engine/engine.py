@@ -4,15 +4,27 @@
 sharded replica), per-choice sampling state and detokenizers. It is driven by
 `AsyncEngine`, which runs `step()` in a background loop; tests and benchmarks may drive
 it directly.
+
+Constrained requests (`GenerationRequest.constraint`) give each choice a grammar matcher
+(`workers.engine.grammar`). A step starts filling the constrained rows' next-token masks on
+a background thread before the forward pass and waits for them after it, so the masks cost
+the step almost nothing while the model runs; the sampler then masks those rows only, so
+constrained and free requests share one batch. A choice whose grammar is complete after its
+token finishes with "stop".
 """
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+
+import torch
 
 from workers.engine.block_manager import BlockManager
 from workers.engine.config import EngineConfig
 from workers.engine.detokenizer import IncrementalDetokenizer
+from workers.engine.grammar import Advance, ChoiceMatcher, GrammarBackend
 from workers.engine.model_runner import Executor, StepInput
 from workers.engine.paged_attention import SequenceChunk
 from workers.engine.request import (
@@ -28,6 +40,8 @@ from workers.engine.scheduler import Scheduler, SchedulerOutput
 from workers.engine.sequence import Sequence
 from workers.tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Choice:
@@ -37,6 +51,7 @@ class _Choice:
     detokenizer: IncrementalDetokenizer
     finish_reason: FinishReason | None = None
     completion_tokens: int = 0
+    matcher: ChoiceMatcher | None = None  # where its output stands in the request's grammar
 
 
 @dataclass
@@ -61,11 +76,17 @@ class LLMEngine:
         eos_token_ids: frozenset[int] = frozenset(),
         tokenizer: Tokenizer | None = None,
         config: EngineConfig | None = None,
+        vocab_size: int | None = None,
     ) -> None:
+        """`vocab_size`: the width of the model's logits (grammar masks are that wide);
+        None takes the tokenizer's vocabulary size."""
         self.executor = executor
         self.max_seq_len = max_seq_len
         self.eos_token_ids = eos_token_ids
         self.tokenizer = tokenizer
+        if vocab_size is None:
+            vocab_size = tokenizer.vocab_size if tokenizer is not None else 0
+        self.grammar = GrammarBackend(tokenizer, vocab_size=vocab_size, eos_token_ids=eos_token_ids)
         config = config or EngineConfig()
         self.block_manager = BlockManager(
             executor.num_blocks, executor.block_size, prefix_caching=config.prefix_caching
@@ -92,6 +113,8 @@ class LLMEngine:
                 f"prompt + max_tokens ({len(request.prompt_token_ids) + max_tokens} tokens) "
                 f"exceed this replica's KV cache of {capacity} tokens; lower max_tokens"
             )
+        if request.constraint is not None:
+            self.grammar.check(request.constraint)  # compiles (cached) against the vocabulary
         return max_tokens
 
     def add_request(self, request: GenerationRequest) -> None:
@@ -103,6 +126,10 @@ class LLMEngine:
         stop_ids = frozenset(request.stop_token_ids)
         if not request.ignore_eos:
             stop_ids |= self.eos_token_ids
+        if request.constraint is not None:
+            # A grammar allows its eos tokens only once its output is complete, so there they
+            # end the choice even under ignore_eos (they are not text to stream).
+            stop_ids |= self.grammar.eos_token_ids
         state = _RequestState(request, stop_ids)
         for index in range(request.n):
             seq = Sequence(list(request.prompt_token_ids), max_tokens)
@@ -115,7 +142,10 @@ class LLMEngine:
                 num_logprobs=request.logprobs,
             )
             detok = IncrementalDetokenizer(self.tokenizer, request.stop)
-            choice = _Choice(index, seq, sampling, detok)
+            matcher = None
+            if request.constraint is not None:
+                matcher = self.grammar.matcher(request.constraint)
+            choice = _Choice(index, seq, sampling, detok, matcher=matcher)
             state.choices.append(choice)
             self._by_seq[seq.seq_id] = (state, choice)
         self._requests[request.request_id] = state
@@ -131,6 +161,7 @@ class LLMEngine:
             if choice.finish_reason is None:
                 choice.finish_reason = "cancelled"
                 self.scheduler.finish(choice.seq)
+            choice.matcher = None
             self._by_seq.pop(choice.seq.seq_id, None)
         return state.usage()
 
@@ -144,15 +175,25 @@ class LLMEngine:
             return []
         step_input = self._step_input(plan)
         sampling_seqs = [item.seq for item in plan.scheduled if item.samples]
+        choices = [self._by_seq[seq.seq_id][1] for seq in sampling_seqs]
+        masks = self._start_masks(choices)  # computed while the model runs
         logits = self.executor.execute(step_input)
+        bitmask = masks.result() if masks is not None else None
         self.scheduler.update(plan)
         self.steps += 1
-        states = [self._by_seq[seq.seq_id][1].sampling for seq in sampling_seqs]
-        tokens, logprobs = sample(logits, states)
+        tokens, logprobs = sample(logits, [c.sampling for c in choices], bitmask)
         chunks = []
         for seq, token, logprob in zip(sampling_seqs, tokens, logprobs, strict=True):
             chunks.append(self._accept(seq, token, logprob))
         return chunks
+
+    def _start_masks(self, choices: list[_Choice]) -> Future[torch.Tensor] | None:
+        """Start the next-token masks of the constrained rows among `choices` (one row of
+        logits each); None when no row is constrained."""
+        rows = [(c.matcher, row) for row, c in enumerate(choices) if c.matcher is not None]
+        if not rows:
+            return None
+        return self.grammar.submit_masks(rows, len(choices))
 
     def _step_input(self, plan: SchedulerOutput) -> StepInput:
         token_ids: list[int] = []
@@ -179,7 +220,8 @@ class LLMEngine:
             reason = "stop"
         else:
             new_ids.append(token)
-            if choice.detokenizer.add(token):
+            grammar_done = self._advance_grammar(state, choice, token)
+            if choice.detokenizer.add(token) or grammar_done:
                 reason = "stop"
             elif seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_seq_len:
                 reason = "length"
@@ -195,8 +237,26 @@ class LLMEngine:
             logprobs=[logprob] if logprob is not None else None,
         )
 
+    def _advance_grammar(self, state: _RequestState, choice: _Choice, token: int) -> bool:
+        """Feed the token to the choice's grammar; True when the choice must stop there (the
+        grammar is complete, or refused a token its own mask allowed: logged, not raised,
+        so one faulty matcher never fails the step for the whole batch)."""
+        if choice.matcher is None:
+            return False
+        advance = choice.matcher.advance(token)
+        if advance is Advance.REFUSED:
+            log.warning(
+                "request %s choice %d: the grammar refused token %d; finishing the choice: %s",
+                state.request.request_id,
+                choice.index,
+                token,
+                choice.matcher.error,
+            )
+        return advance is not Advance.CONTINUE
+
     def _finish(self, state: _RequestState, choice: _Choice, reason: FinishReason) -> None:
         choice.finish_reason = reason
+        choice.matcher = None
         self.scheduler.finish(choice.seq)
         self._by_seq.pop(choice.seq.seq_id, None)
         if all(c.finish_reason is not None for c in state.choices):

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workers.engine.constraint import Constraint
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -37,6 +39,11 @@ class GenerationRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=16, description="independent choices per prompt")
     logprobs: int | None = Field(
         default=None, ge=0, le=20, description="top alternatives to report per token"
+    )
+    constraint: Constraint | None = Field(
+        default=None,
+        description="a grammar every choice's tokens must follow (masked in the sampler); "
+        "a choice whose grammar is complete finishes with 'stop'",
     )
 
     @field_validator("stop")

@@ -1,0 +1,256 @@
+"""Structured output and tool calling end to end: the real `openai` client, the control
+plane, a Ray Serve replica running the real engine on a random-weight one-layer DBRX (cl100k).
+
+The weights are random, so nothing but the grammar makes the output valid: every answer
+validating is the proof that the sampler is constrained. Streams are read with the SDK's
+own accumulator (`client.chat.completions.stream`) and must equal the whole answer of the
+same seeded request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
+
+from control_plane.settings import GatewaySettings, WorkerDefaults
+from tests.control_plane.conftest import LiveServer, live_server, make_settings, wait_for
+from tests.control_plane.query_fixtures import async_openai_client, create_endpoint, openai_client
+from tests.control_plane.test_sdk_and_mlflow import small_dbrx_checkpoint
+from workers.engine.config import EngineConfig
+
+NAME = f"structured-{uuid.uuid4().hex[:6]}"
+MODEL = "tiny-structured"
+MESSAGES: list[Any] = [{"role": "user", "content": "Describe a customer as JSON."}]
+PERSON: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "tier": {"enum": ["free", "pro", "enterprise"]},
+        "active": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "tier", "active", "tags"],
+    "additionalProperties": False,
+}
+FORMAT: Any = {
+    "type": "json_schema",
+    "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+}
+WEATHER_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 16},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit", "days"],
+    "additionalProperties": False,
+}
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The forecast for a city",
+            "parameters": WEATHER_PARAMETERS,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"enum": ["UTC", "CET", "PST"]}},
+                "required": ["zone"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+PARAMETERS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("structured")
+    settings = make_settings(
+        f"sqlite:///{root / 'moeserve.db'}",
+        root,
+        workers=WorkerDefaults(engine=EngineConfig(kv_cache_tokens=8192)),
+        shared_endpoints=[],
+        gateway=GatewaySettings(lookup_cache_ttl_s=0.5),
+    )
+    with live_server(settings) as live, live.client() as http:
+        source = small_dbrx_checkpoint(root / "models" / "structured", seed=7)
+        registered = http.post(
+            "/api/2.0/models", json={"name": MODEL, "version": "1", "source": str(source)}
+        )
+        assert registered.status_code == 200, registered.text
+        create_endpoint(
+            http,
+            NAME,
+            [{"entity_name": MODEL, "entity_version": "1", "scale_to_zero_enabled": False}],
+        )
+        try:
+            yield live
+        finally:
+            http.delete(f"/api/2.0/serving-endpoints/{NAME}")
+            wait_for(
+                lambda: http.get(f"/api/2.0/serving-endpoints/{NAME}").status_code == 404,
+                30,
+                "the endpoint to be deleted",
+            )
+
+
+def test_fifty_seeded_json_schema_answers_all_validate(server: LiveServer) -> None:
+    client = async_openai_client(server)
+
+    async def one(seed: int) -> Any:
+        return await client.chat.completions.create(
+            model=NAME,
+            messages=MESSAGES,
+            response_format=FORMAT,
+            temperature=1.0,
+            seed=seed,
+            max_tokens=256,
+        )
+
+    async def all_of_them() -> list[Any]:
+        limit = asyncio.Semaphore(16)  # sixteen at a time: constrained rows share batches
+
+        async def bounded(seed: int) -> Any:
+            async with limit:
+                return await one(seed)
+
+        return await asyncio.gather(*(bounded(seed) for seed in range(50)))
+
+    answers = asyncio.run(all_of_them())
+    contents = []
+    for answer in answers:
+        choice = answer.choices[0]
+        assert choice.finish_reason == "stop", choice
+        content = json.loads(choice.message.content)
+        jsonschema.validate(content, PERSON)
+        contents.append(json.dumps(content, sort_keys=True))
+    assert len(set(contents)) > 10, "seeds pick different answers: the model is sampled"
+
+
+def test_json_object_is_a_json_object_and_a_bad_schema_is_a_400(server: LiveServer) -> None:
+    client = openai_client(server)
+    answer = client.chat.completions.create(
+        model=NAME,
+        messages=MESSAGES,
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=128,
+    )
+    if answer.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(answer.choices[0].message.content or ""), dict)
+    else:  # a free object may run past max_tokens; what came is a JSON object's start
+        assert (answer.choices[0].message.content or "").startswith("{")
+    bad: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}
+    with pytest.raises(openai.BadRequestError, match=r"cannot be compiled: .*strin"):
+        client.chat.completions.create(model=NAME, messages=MESSAGES, response_format=bad)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_required_tool_calls_have_arguments_valid_for_their_function(
+    server: LiveServer, seed: int
+) -> None:
+    answer = openai_client(server).chat.completions.create(
+        model=NAME,
+        messages=[{"role": "user", "content": "Weather in Paris for 3 days?"}],
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=1.0,
+        seed=seed,
+        max_tokens=256,
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    jsonschema.validate(json.loads(call.function.arguments), PARAMETERS[call.function.name])
+
+
+def test_a_named_function_is_the_one_called(server: LiveServer) -> None:
+    answer = openai_client(server).chat.completions.create(
+        model=NAME,
+        messages=[{"role": "user", "content": "What time is it?"}],
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        seed=1,
+        max_tokens=128,
+    )
+    [call] = answer.choices[0].message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert call.function.name == "get_time"
+    jsonschema.validate(json.loads(call.function.arguments), PARAMETERS["get_time"])
+
+
+def _comparable(completion: Any) -> list[dict[str, Any]]:
+    """A completion's choices without the per-answer ids."""
+    return [
+        {
+            "index": choice.index,
+            "finish_reason": choice.finish_reason,
+            "content": choice.message.content,
+            "calls": [
+                (call.type, call.function.name, call.function.arguments)
+                for call in choice.message.tool_calls or []
+            ],
+        }
+        for choice in sorted(completion.choices, key=lambda c: c.index)
+    ]
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False},
+        {"response_format": FORMAT},
+        {"tools": TOOLS},  # auto: the random model writes text; it must stream as text
+    ],
+    ids=["required", "json_schema", "auto"],
+)
+def test_a_stream_parses_like_the_whole_answer(server: LiveServer, ask: dict[str, Any]) -> None:
+    client = openai_client(server)
+    common: dict[str, Any] = {
+        "model": NAME,
+        "messages": MESSAGES,
+        "seed": 11,
+        "temperature": 1.0,
+        "max_tokens": 96,
+        "n": 2,
+        **ask,
+    }
+    whole = client.chat.completions.create(**common)
+    with client.chat.completions.stream(**common) as stream:
+        events = list(stream)
+        # The SDK's accumulation of the chunks; `get_final_completion` also parses it, and
+        # refuses an answer cut by max_tokens (the free text of "auto" is).
+        streamed = stream.current_completion_snapshot
+        if "tool_choice" in ask or "response_format" in ask:
+            streamed = stream.get_final_completion()
+    assert _comparable(streamed) == _comparable(whole)
+    if "tool_choice" in ask:
+        deltas = [
+            event.chunk.choices[0].delta
+            for event in events
+            if event.type == "chunk" and event.chunk.choices
+        ]
+        assert not any(d.content for d in deltas), "tool-call markup reached the client"
+        assert any(d.tool_calls for d in deltas)

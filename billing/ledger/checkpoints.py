@@ -42,11 +42,10 @@ INTERRUPTED_STATUS = 520
 
 _CHECKPOINTS = BillingBase.metadata.tables[UsageCheckpoint.__tablename__]
 _USAGE = BillingBase.metadata.tables[EndpointUsage.__tablename__]
-# Every usage column but the status and the duration (unknown for a request whose process
-# died) is carried by the checkpoint row.
-CARRIED_COLUMNS = tuple(
-    c.name for c in _USAGE.columns if c.name not in ("status_code", "execution_duration_ms")
-)
+# Every usage column but the status, the duration and the guardrails' effect (unknown for a
+# request whose process died) is carried by the checkpoint row.
+_ENDED_COLUMNS = ("status_code", "execution_duration_ms", "guardrail_hits", "guardrail_outcome")
+CARRIED_COLUMNS = tuple(c.name for c in _USAGE.columns if c.name not in _ENDED_COLUMNS)
 
 
 def settle_interrupted(engine: Engine, stale_before: datetime) -> int:

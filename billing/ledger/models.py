@@ -61,6 +61,10 @@ class EndpointUsage(BillingBase):
     # Admission to the final byte, in ms; NULL for a request settled from a checkpoint
     # after its process died (how long it ran is unknown).
     execution_duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # The endpoint's guardrails on this request: how many matches, and what they did
+    # (`GuardrailOutcome`); NULL when none matched.
+    guardrail_hits: Mapped[int | None] = mapped_column(Integer)
+    guardrail_outcome: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         Index("ix_endpoint_usage_endpoint_id_request_time", "endpoint_id", "request_time"),

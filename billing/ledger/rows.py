@@ -47,6 +47,8 @@ class UsageRow:
     client_request_id: str | None = None
     usage_context: dict[str, str] | None = field(default=None, hash=False)
     execution_duration_ms: int | None = None
+    guardrail_hits: int | None = None  # matches of the endpoint's guardrails; None: none
+    guardrail_outcome: str | None = None  # INPUT_BLOCKED, OUTPUT_BLOCKED or MASKED
 
     def __post_init__(self) -> None:
         _require_text("databricks_request_id", self.databricks_request_id, REQUEST_ID_LENGTH)
@@ -69,6 +71,10 @@ class UsageRow:
             raise ValueError(f"status_code {self.status_code} is not an HTTP status")
         if self.execution_duration_ms is not None and self.execution_duration_ms < 0:
             raise ValueError("execution_duration_ms must be >= 0")
+        if self.guardrail_hits is not None and self.guardrail_hits < 1:
+            raise ValueError("guardrail_hits must be >= 1 (None when no guardrail matched)")
+        if self.guardrail_outcome is not None:
+            _require_text("guardrail_outcome", self.guardrail_outcome, 16)
         for name in ("input_token_count", "output_token_count"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -49,6 +49,12 @@ class InferenceRow(BaseModel):
     served_entity_id: str
     input_token_count: int
     output_token_count: int
+    guardrail_hits: int | None = Field(
+        default=None, description="matches of the endpoint's guardrails; null: none"
+    )
+    guardrail_outcome: str | None = Field(
+        default=None, description="INPUT_BLOCKED, OUTPUT_BLOCKED or MASKED; null: none"
+    )
     request: Any = Field(description="the request JSON; text when it was cut to the size cap")
     response: Any = Field(
         default=None,
@@ -178,6 +184,8 @@ def _row(entry: InferenceLog, used: EndpointUsage) -> InferenceRow:
         served_entity_id=entry.served_entity_id,
         input_token_count=used.input_token_count,
         output_token_count=used.output_token_count,
+        guardrail_hits=used.guardrail_hits,
+        guardrail_outcome=used.guardrail_outcome,
         request=_document(entry.request, entry.request_truncated),
         response=None
         if entry.response is None

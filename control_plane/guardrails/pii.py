@@ -53,14 +53,14 @@ def mask_token(kind: PiiKind) -> str:
 
 # A check after the regex: given the text, the start and the shape's match, the end of the
 # value that is PII there (possibly shorter than the match), or None.
-_Accept = Callable[[str, int, "re.Match[str]"], "int | None"]
+_Accept = Callable[[str, int, re.Match[str]], int | None]
 
 
 @dataclass(frozen=True)
 class _Detector:
     kind: PiiKind
     start: re.Pattern[str]  # zero-width: looks behind at most PII_CONTEXT characters
-    reach: int  # and ahead fewer than this many (so a bounded scan finds every start)
+    reach: int  # and ahead at most this many (a scan to `stop + reach` finds all before stop)
     shapes: tuple[re.Pattern[str], ...]
     longest: int  # the longest value accepted
     lookahead: int  # how far a shape's right-boundary check reads past a value

@@ -109,9 +109,9 @@ class StreamGuard:
         block_hits: list[Hit] = []
         keywords = self.guard.keywords
         if keywords is not None:
-            # An occurrence starting before `hi` ends, with the character after it, within
-            # `longest + 1` of its start: reading that far decides every start before `hi`.
-            span = keywords.search(window, lo, hi + keywords.longest + 1)
+            # An occurrence starting before `hi` ends by `hi - 1 + longest`, and the
+            # character after it is before `hi + longest`: that much decides every such start.
+            span = keywords.search(window, lo, hi + keywords.longest)
             if span is not None and span.start < hi:
                 block_at = span.start
                 block_hits.append(Hit(HitKind.INVALID_KEYWORD, Action.BLOCK))

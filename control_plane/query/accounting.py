@@ -36,8 +36,9 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from types import TracebackType
 
 from pydantic import BaseModel
@@ -46,12 +47,28 @@ from billing.ledger import InferencePayload, UsageLedger, UsageRow
 from control_plane.budgets.guard import BudgetGuard, Hold
 from control_plane.endpoints.config import ServedEntity
 from control_plane.errors import ApiError
+from control_plane.guardrails import Action, Hit
 from control_plane.query.metrics import GatewayMetrics
 from control_plane.query.ratelimit.limiter import RateLimiter, Reservation
 from control_plane.query.targets import QueryTarget
 from workers.engine.request import Usage
 
 log = logging.getLogger(__name__)
+
+
+class GuardrailOutcome(StrEnum):
+    """What an endpoint's guardrails did to a request (its usage row's `guardrail_outcome`)."""
+
+    INPUT_BLOCKED = "INPUT_BLOCKED"
+    OUTPUT_BLOCKED = "OUTPUT_BLOCKED"  # a choice was cut before a blocked span
+    MASKED = "MASKED"  # PII was masked, in the prompt or the answer; nothing blocked
+
+
+class Direction(StrEnum):
+    INPUT = "input"
+    OUTPUT = "output"
+
+
 CLIENT_CLOSED = 499  # the client went away mid-response (nginx's convention)
 ADMITTED = 200  # the status of an open request's row: not stored (a settled row is 520)
 
@@ -96,6 +113,8 @@ class Accounting:
         self._last_chunk_at: float | None = None
         self._checkpointed = Usage(0, 0)  # the usage of the last checkpoint
         self._checkpointed_at = self._started
+        self._guardrail_hits = 0
+        self._guardrail_outcome: GuardrailOutcome | None = None
 
     # -- progress ------------------------------------------------------------------------
     def tried(self, entity: ServedEntity) -> None:
@@ -125,6 +144,24 @@ class Accounting:
                 self._choices.setdefault(index, []).append(text)
         if self._streaming:
             self._checkpoint(now)
+
+    def guarded(self, direction: Direction, hits: Sequence[Hit], *, blocked: bool) -> None:
+        """The endpoint's guardrails matched `hits` in the prompt or the answer; `blocked`:
+        they stopped it. Counted in the metrics now and in the usage row at the end."""
+        counter, labels = self._metrics.guardrail_hits, self.target.labels
+        for hit in hits:
+            counter.labels(*labels, direction.value, hit.kind.value, hit.action.value).inc()
+        self._guardrail_hits += len(hits)
+        if blocked:
+            outcome = (
+                GuardrailOutcome.INPUT_BLOCKED
+                if direction is Direction.INPUT
+                else GuardrailOutcome.OUTPUT_BLOCKED
+            )
+            if self._guardrail_outcome is not GuardrailOutcome.INPUT_BLOCKED:
+                self._guardrail_outcome = outcome
+        elif self._guardrail_outcome is None and any(h.action is Action.MASK for h in hits):
+            self._guardrail_outcome = GuardrailOutcome.MASKED
 
     def answered(self, answer: BaseModel) -> None:
         """The whole answer (not a stream) as the client gets it: the inference table keeps
@@ -260,6 +297,8 @@ class Accounting:
             request_streaming=self._streaming,
             usage_context=self._usage_context,
             execution_duration_ms=round((time.monotonic() - self._started) * 1000),
+            guardrail_hits=self._guardrail_hits or None,
+            guardrail_outcome=None if (o := self._guardrail_outcome) is None else o.value,
         )
 
 

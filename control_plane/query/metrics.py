@@ -87,6 +87,13 @@ class GatewayMetrics:
             _ENTITY,
             registry=r,
         )
+        self.guardrail_hits = Counter(
+            "moeserve_guardrail_hits",
+            "matches of an endpoint's AI-gateway guardrails (a keyword, a PII value), by "
+            "direction (input, output), kind and action (BLOCK, MASK)",
+            [*_ENDPOINT, "direction", "kind", "action"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "moeserve_fallbacks",
             "queries retried on another served entity before the first token",

@@ -23,10 +23,11 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from control_plane.errors import ApiError
-from control_plane.query.accounting import Accounting
+from control_plane.query.accounting import Accounting, Direction
 from control_plane.query.call_stream import CallStream, Piece, SentCall
 from control_plane.query.replicas import ReplicaFailed
 from control_plane.query.requests import ChatRequest, GenerationBody, TextOf
+from control_plane.query.screen import OutputScreen
 from control_plane.query.tool_calling import ToolUse
 from workers.engine.request import Completion, TokenChunk, TokenLogprob
 from workers.engine.request import Usage as EngineUsage
@@ -439,8 +440,12 @@ async def events(
     first: TokenChunk,
     rest: AsyncIterator[TokenChunk],
     text_of: TextOf,
+    screen: OutputScreen,
 ) -> AsyncIterator[str]:
-    """One event per chunk; a chunk's usage counts once it was sent."""
+    """One event per chunk; a chunk's usage counts once it was sent. Each choice's text goes
+    through the output guardrails (`screen`) first, then, when the answer may call tools,
+    through its `CallStream`. A choice the guardrails cut sends nothing more; once every
+    choice has ended or been cut, the stream ends (the replica's request is cancelled)."""
     chat = isinstance(body, ChatRequest)
     use = body.tool_use() if isinstance(body, ChatRequest) else None
     calls: dict[int, CallStream] = {}  # per choice, when the answer may call tools
@@ -448,18 +453,24 @@ async def events(
     started: set[int] = set()
     chunk: TokenChunk | None = first
     while chunk is not None:
-        if chat:
-            opening = chunk.index not in started
-            piece = None
-            if use is not None and use.calls_tools:
-                stream = calls.setdefault(chunk.index, CallStream(use))
-                piece = stream.feed(chunk.text, chunk.finish_reason)
-            chunk_event = chat_chunk(request_id, model, chunk, text_of, first=opening, piece=piece)
-            yield _event(chunk_event)
-        else:
-            yield _event(completion_chunk(request_id, model, chunk, text_of))
-        started.add(chunk.index)
-        accounting.delivered(chunk.usage, {chunk.index: chunk.text})  # sent: now it counts
+        if screen.sends(chunk.index):
+            chunk, hits, cut = screen.screen(chunk)
+            if hits:
+                accounting.guarded(Direction.OUTPUT, hits, blocked=cut)
+            if chat:
+                opening = chunk.index not in started
+                piece = None
+                if use is not None and use.calls_tools:
+                    stream = calls.setdefault(chunk.index, CallStream(use))
+                    piece = stream.feed(chunk.text, chunk.finish_reason)
+                shaped = chat_chunk(request_id, model, chunk, text_of, first=opening, piece=piece)
+                yield _event(shaped)
+            else:
+                yield _event(completion_chunk(request_id, model, chunk, text_of))
+            started.add(chunk.index)
+            accounting.delivered(chunk.usage, {chunk.index: chunk.text})  # sent: now it counts
+            if screen.done:
+                return
         chunk = await anext(rest, None)
 
 

@@ -42,9 +42,10 @@ from control_plane.errors import (
     TemporarilyUnavailable,
     error_response,
 )
+from control_plane.guardrails import Action, Guard
 from control_plane.ids import to_millis, utcnow
 from control_plane.query import responses, traffic
-from control_plane.query.accounting import Accounting
+from control_plane.query.accounting import Accounting, Direction
 from control_plane.query.budget_admission import hold_budget
 from control_plane.query.gateway import Gateway
 from control_plane.query.ratelimit.limiter import (
@@ -63,6 +64,13 @@ from control_plane.query.requests import (
     PromptIds,
     QueryKind,
     parse_request,
+)
+from control_plane.query.screen import (
+    OutputScreen,
+    ScreenedInput,
+    Screens,
+    screen_completion,
+    screen_input,
 )
 from control_plane.query.targets import QueryTarget
 from workers.engine.request import GenerationRequest
@@ -192,6 +200,12 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
     candidates = traffic.candidates(target)
     # 4. the body, validated once; its prompt as token ids, per tokenizer, on first use
     body = parse_request(kind, raw)
+    # 4b. the endpoint's guardrails: the prompt screened (masked, or blocked) before it is
+    #     tokenized; what the output guardrails rule out refused now
+    screens = Screens.of(target.ai_gateway)
+    screens.check_request(body)
+    screened = screen_input(body, screens.input)
+    body = screened.body
     prompt = PromptIds(body, gateway.tokenizers, len(data))
     request_id = uuid.uuid4().hex
     # 5. rate limit: every limit counts the call; a token limit also counts the prompt,
@@ -217,14 +231,19 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
         usage_context=body.usage_context,
         reservation=reservation,
         request_time=_admitted_at(gateway, reservation),
-        request_payload=json.dumps(raw) if target.inference_table_enabled else None,
+        request_payload=_logged_request(raw, screened) if target.inference_table_enabled else None,
         ledger=gateway.ledger,
         limiter=gateway.limiter,
         metrics=gateway.metrics,
         budgets=gateway.budgets,
         budget_hold=hold,
     )
-    query = Query(gateway, authorization, target, candidates, prompt, accounting)
+    if screened.hits:
+        accounting.guarded(Direction.INPUT, screened.hits, blocked=screened.blocked)
+    if screened.blocked:
+        async with accounting:  # a usage row (no tokens) records the refusal
+            raise screened.refusal()
+    query = Query(gateway, authorization, target, candidates, prompt, accounting, screens.output)
     # 6-9. account (one usage row, whatever happens) around dispatch and shaping
     shaped: Answer
     if isinstance(body, EmbeddingsRequest):
@@ -252,6 +271,7 @@ class Query:
     candidates: list[ServedEntity]
     prompt: PromptIds
     accounting: Accounting
+    output: Guard  # the endpoint's output guardrails
 
     @property
     def endpoint(self) -> str:
@@ -286,6 +306,9 @@ async def _complete(
     )
     slot.release()
     query.accounting.delivered(result.usage)
+    result, hits, cut = screen_completion(result, query.output)
+    if hits:
+        query.accounting.guarded(Direction.OUTPUT, hits, blocked=cut)
     text_of = query.gateway.tokenizers.token_text(entity)
     rid = query.accounting.request_id
     answer: responses.ChatCompletion | responses.TextCompletion
@@ -328,7 +351,9 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
                 started = True
                 yield ""
                 text_of = query.gateway.tokenizers.token_text(entity)
-                async for event in responses.events(body, accounting, first, rest, text_of):
+                screen = OutputScreen(query.output, body.n)
+                events = responses.events(body, accounting, first, rest, text_of, screen)
+                async for event in events:
                     yield event
             finally:
                 slot.release()
@@ -339,6 +364,14 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
         yield responses.error_event(exc)
         return
     yield responses.closing(body, accounting)
+
+
+def _logged_request(raw: JsonObject, screened: ScreenedInput) -> str:
+    """The request as the inference table keeps it: as sent, or with the PII the input
+    guardrails masked masked (fields as the caller set them)."""
+    if not any(hit.action is Action.MASK for hit in screened.hits):
+        return json.dumps(raw)
+    return screened.body.model_dump_json(exclude_unset=True, by_alias=True)
 
 
 def _tokenized_first(

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.engine.constraint import Constraint
 
-FinishReason = Literal["stop", "length", "cancelled"]
+# "content_filter": never the engine's; the gateway's output guardrails cut the choice.
+FinishReason = Literal["stop", "length", "cancelled", "content_filter"]
 
 
 class GenerationRequest(BaseModel):

@@ -1,5 +1,6 @@
-"""Structured output and tool calling end to end: the real `openai` client, the control
-plane, a Ray Serve replica running the real engine on a random-weight one-layer DBRX (cl100k).
+"""Structured output, tool calling and guardrails end to end: the real `openai` client, the
+control plane, a Ray Serve replica running the real engine on a random-weight one-layer DBRX
+(cl100k).
 
 The weights are random, so nothing but the grammar makes the output valid: every answer
 validating is the proof that the sampler is constrained. Streams are read with the SDK's
@@ -10,6 +11,7 @@ same seeded request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -22,9 +24,15 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from control_plane.settings import GatewaySettings, WorkerDefaults
 from tests.control_plane.conftest import LiveServer, live_server, make_settings, wait_for
-from tests.control_plane.query_fixtures import async_openai_client, create_endpoint, openai_client
+from tests.control_plane.query_fixtures import (
+    async_openai_client,
+    create_endpoint,
+    openai_client,
+    usage_rows,
+)
 from tests.control_plane.test_sdk_and_mlflow import small_dbrx_checkpoint
 from workers.engine.config import EngineConfig
+from workers.tokenizer import load_tokenizer
 
 NAME = f"structured-{uuid.uuid4().hex[:6]}"
 MODEL = "tiny-structured"
@@ -254,3 +262,169 @@ def test_a_stream_parses_like_the_whole_answer(server: LiveServer, ask: dict[str
         ]
         assert not any(d.content for d in deltas), "tool-call markup reached the client"
         assert any(d.tool_calls for d in deltas)
+
+
+# -- guardrails ------------------------------------------------------------------------------
+# The grammar makes the random-weight model write exactly a chosen text (a JSON string with
+# one allowed value), so the output guardrails meet PII and keywords in real answers and
+# real streams.
+SAID = "Reach me at jane.doe@example.com or 123-45-6789, the secret plan."
+
+
+def _saying(text: str) -> Any:
+    schema = {"type": "string", "enum": [text]}
+    return {"type": "json_schema", "json_schema": {"name": "said", "schema": schema}}
+
+
+@contextlib.contextmanager
+def guardrails(server: LiveServer, **directions: dict[str, Any]) -> Iterator[None]:
+    """The endpoint's guardrails set (with the inference table on) for the block, then off."""
+    with server.client() as http:
+        gateway = {"guardrails": directions, "inference_table_config": {"enabled": True}}
+        put = http.put(f"/api/2.0/serving-endpoints/{NAME}/ai-gateway", json=gateway)
+        assert put.status_code == 200, put.text
+        server.plane.gateway.targets.forget(NAME)
+        try:
+            yield
+        finally:
+            http.put(f"/api/2.0/serving-endpoints/{NAME}/ai-gateway", json={})
+            server.plane.gateway.targets.forget(NAME)
+
+
+def _both_ways(server: LiveServer, text: str, n: int = 1) -> tuple[Any, list[Any]]:
+    """The answer saying `text`, whole and streamed (the raw chunks)."""
+    client = openai_client(server)
+    ask: dict[str, Any] = {
+        "model": NAME,
+        "messages": MESSAGES,
+        "response_format": _saying(text),
+        "max_tokens": 128,
+        "n": n,
+    }
+    whole = client.chat.completions.create(**ask)
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    return whole, chunks
+
+
+def _streamed(chunks: list[Any]) -> dict[int, tuple[str, str | None]]:
+    texts: dict[int, str] = {}
+    reasons: dict[int, str | None] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            reasons[choice.index] = choice.finish_reason or reasons.get(choice.index)
+    return {i: (texts[i], reasons[i]) for i in texts}
+
+
+def _leaked(chunks: list[Any], *secrets: str) -> bool:
+    """Whether any secret reached the client, in one chunk or across chunk boundaries."""
+    sent = "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
+    return any(secret in sent for secret in secrets)
+
+
+def test_output_pii_is_masked_in_answers_and_streams(server: LiveServer) -> None:
+    with guardrails(server, output={"pii": {"behavior": "MASK"}}):
+        whole, chunks = _both_ways(server, SAID, n=2)
+    masked = '"Reach me at [EMAIL_ADDRESS] or [US_SSN], the secret plan."'
+    assert [c.message.content for c in whole.choices] == [masked, masked]
+    assert _streamed(chunks) == {0: (masked, "stop"), 1: (masked, "stop")}
+    assert not _leaked(chunks, "jane.doe", "example.com", "6789")
+    assert len(chunks) > 10, "the answer streamed in many pieces, not one held-back blob"
+    row = _usage_row(server, whole.id)
+    assert (row["guardrail_outcome"], row["guardrail_hits"]) == ("MASKED", 4)  # 2 × 2 values
+
+
+@pytest.mark.parametrize(
+    ("output", "kept"),
+    [
+        (
+            {"invalid_keywords": ["SECRET PLAN"]},
+            '"Reach me at jane.doe@example.com or 123-45-6789, the ',
+        ),
+        ({"pii": {"behavior": "BLOCK"}}, '"Reach me at '),
+    ],
+    ids=["keyword", "pii"],
+)
+def test_a_blocked_span_never_reaches_the_client(
+    server: LiveServer, output: dict[str, Any], kept: str
+) -> None:
+    with guardrails(server, output=output):
+        whole, chunks = _both_ways(server, SAID)
+    assert whole.choices[0].message.content == kept
+    assert whole.choices[0].finish_reason == "content_filter"
+    assert _streamed(chunks) == {0: (kept, "content_filter")}
+    blocked = SAID[len(kept) - 1 :]  # the rest, from the blocked span on
+    assert not _leaked(chunks, blocked[:12])
+    assert _usage_row(server, whole.id)["guardrail_outcome"] == "OUTPUT_BLOCKED"
+
+
+def test_input_guardrails_block_or_mask_the_prompt(server: LiveServer) -> None:
+    client = openai_client(server)
+    sensitive: list[Any] = [
+        {"role": "user", "content": "My SSN is 123-45-6789; mail bob@corp.example"}
+    ]
+    keyword = pytest.raises(openai.BadRequestError, match="input guardrails: an invalid keyword")
+    with guardrails(server, input={"invalid_keywords": ["forbidden"]}), keyword:
+        client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "The FORBIDDEN word"}]
+        )
+    with guardrails(server, input={"pii": {"behavior": "BLOCK"}}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=NAME, messages=sensitive)
+        assert "PII (EMAIL_ADDRESS), PII (US_SSN)" in str(refused.value)
+        assert "6789" not in str(refused.value)
+    with guardrails(server, input={"pii": {"behavior": "MASK"}}):
+        answer = client.chat.completions.create(model=NAME, messages=sensitive, max_tokens=2)
+        with server.client() as http:
+            logged = http.get(f"/api/2.0/serving-endpoints/{NAME}/inference-log").json()["rows"]
+    mine = [r for r in logged if r["databricks_request_id"] == _request_id(answer.id)]
+    assert mine[0]["request"]["messages"][0]["content"] == (
+        "My SSN is [US_SSN]; mail [EMAIL_ADDRESS]"
+    )
+    assert (mine[0]["guardrail_outcome"], mine[0]["guardrail_hits"]) == ("MASKED", 2)
+    prompt = load_tokenizer("cl100k_base").apply_chat_template(
+        [{"role": "user", "content": "My SSN is [US_SSN]; mail [EMAIL_ADDRESS]"}]
+    )
+    assert answer.usage is not None and answer.usage.prompt_tokens == len(prompt)
+    blocked = [r for r in usage_rows(server, NAME) if r["guardrail_outcome"] == "INPUT_BLOCKED"]
+    assert len(blocked) == 2 and all(r["status_code"] == 400 for r in blocked)
+    assert all(r["input_token_count"] == r["output_token_count"] == 0 for r in blocked)
+    with server.client() as http:
+        metrics = http.get("/metrics").text
+    hits = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("moeserve_guardrail_hits_total{") and f'endpoint="{NAME}"' in line
+    ]
+    assert any('direction="input"' in h and 'kind="INVALID_KEYWORD"' in h for h in hits)
+    assert any('kind="US_SSN"' in h and 'action="MASK"' in h for h in hits)
+
+
+def test_guardrails_that_cannot_be_enforced_are_refused(server: LiveServer) -> None:
+    with server.client() as http:
+        for parameters in ({"safety": True}, {"valid_topics": ["billing"]}):
+            put = http.put(
+                f"/api/2.0/serving-endpoints/{NAME}/ai-gateway",
+                json={"guardrails": {"input": parameters}},
+            )
+            assert put.status_code == 400, put.text
+            assert "needs a guard model" in put.json()["message"]
+    logprobs = pytest.raises(openai.BadRequestError, match="logprobs are not available")
+    with guardrails(server, output={"invalid_keywords": ["x"]}), logprobs:
+        openai_client(server).chat.completions.create(
+            model=NAME, messages=MESSAGES, logprobs=True, max_tokens=2
+        )
+
+
+def _request_id(response_id: str) -> str:
+    return response_id.split("-", 1)[1]
+
+
+def _usage_row(server: LiveServer, response_id: str) -> dict[str, Any]:
+    rows = [
+        r
+        for r in usage_rows(server, NAME)
+        if r["databricks_request_id"] == _request_id(response_id)
+    ]
+    assert len(rows) == 1, rows
+    return rows[0]

@@ -111,6 +111,12 @@ class GatewaySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    guard_model_endpoint: str | None = Field(
+        default=None,
+        description="a shared chat endpoint (in shared_endpoints) whose model judges the "
+        "safety and valid_topics guardrails; none: those guardrails are refused",
+    )
+
     lookup_cache_ttl_s: float = Field(
         default=2.0,
         ge=0,
@@ -382,6 +388,17 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("none", "null", "unlimited"):
             return None
         return value
+
+    @model_validator(mode="after")
+    def _guard_model_is_a_shared_chat_endpoint(self) -> Settings:
+        name = self.gateway.guard_model_endpoint
+        chats = [e.name for e in self.shared_endpoints if e.task is Task.CHAT]
+        if name is not None and name not in chats:
+            raise ValueError(
+                f"gateway.guard_model_endpoint names {name!r}, which is no shared chat "
+                f"endpoint; use one of {chats} (shared_endpoints)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _grace_outlives_cached_routes(self) -> Settings:

@@ -67,6 +67,7 @@ def get_endpoints(session: SessionDep, caller: CallerDep, plane: PlaneDep) -> En
         if workspace is None
         else stored_placement(workspace.cloud, workspace.region, plane.settings),
         plane.settings.system_models,
+        guard_model=plane.settings.gateway.guard_model_endpoint is not None,
     )
 
 

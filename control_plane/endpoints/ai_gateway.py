@@ -58,9 +58,11 @@ class PiiSettings(_Settings):
 
 
 MAX_KEYWORD_CHARS = 256
+MAX_TOPICS_CHARS = 4096  # all of a direction's valid_topics together
 NO_GUARD_MODEL = (
     "needs a guard model (a classifier that judges the text), and this installation has "
-    "none: leave it out, or use invalid_keywords and pii"
+    "none (its operator sets gateway.guard_model_endpoint): leave it out, or use "
+    "invalid_keywords and pii"
 )
 
 
@@ -70,14 +72,26 @@ class GuardrailParameters(_Settings):
     invalid_keywords: list[str] | None = Field(default=None, max_length=1000)
     valid_topics: list[str] | None = Field(default=None, max_length=1000)
 
-    def problem(self, where: str) -> str | None:
+    @property
+    def judged(self) -> bool:
+        """Whether a guard model must judge the text (safety, valid_topics)."""
+        return bool(self.safety or self.valid_topics)
+
+    def problem(self, where: str, *, guard_model: bool) -> str | None:
         """Why these guardrails cannot be enforced here, naming the field; None when they
-        can. Checked when a config is set, not when a stored one is read (a config stored
-        by an older release still loads; its queries are refused instead)."""
-        if self.safety:
+        can. `guard_model`: whether the installation has one. Checked when a config is
+        set, not when a stored one is read (a config stored under other settings still
+        loads; its queries are refused instead)."""
+        if self.safety and not guard_model:
             return f"{where}.safety {NO_GUARD_MODEL}"
-        if self.valid_topics:
+        if self.valid_topics and not guard_model:
             return f"{where}.valid_topics {NO_GUARD_MODEL}"
+        topics = self.valid_topics or []
+        if any(not t.strip() for t in topics) or sum(map(len, topics)) > MAX_TOPICS_CHARS:
+            return (
+                f"{where}.valid_topics must be non-blank topics of at most {MAX_TOPICS_CHARS} "
+                "characters together"
+            )
         for i, keyword in enumerate(self.invalid_keywords or []):
             if not keyword.strip() or len(keyword) > MAX_KEYWORD_CHARS:
                 return (
@@ -91,9 +105,11 @@ class Guardrails(_Settings):
     input: GuardrailParameters | None = None
     output: GuardrailParameters | None = None
 
-    def problem(self) -> str | None:
+    def problem(self, *, guard_model: bool) -> str | None:
         for where, parameters in (("input", self.input), ("output", self.output)):
-            if parameters is not None and (why := parameters.problem(f"guardrails.{where}")):
+            if parameters is None:
+                continue
+            if why := parameters.problem(f"guardrails.{where}", guard_model=guard_model):
                 return why
         return None
 
@@ -112,11 +128,11 @@ class AiGatewayConfig(_Settings):
     guardrails: Guardrails | None = None
     fallback_config: FallbackConfig | None = None
 
-    def check_enforceable(self) -> None:
+    def check_enforceable(self, *, guard_model: bool) -> None:
         """A 400 when a setting cannot be enforced (see `GuardrailParameters.problem`)."""
         from control_plane.errors import InvalidParameter
 
-        why = None if self.guardrails is None else self.guardrails.problem()
+        why = None if self.guardrails is None else self.guardrails.problem(guard_model=guard_model)
         if why is not None:
             raise InvalidParameter(why)
 

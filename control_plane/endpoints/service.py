@@ -46,6 +46,7 @@ class EndpointService:
     environment: EnvironmentPolicy
     workspace_placement: WorkspacePlacement | None = None  # the caller's workspace's
     system_models: SystemModels = field(default_factory=dict)  # Settings.system_models
+    guard_model: bool = False  # the installation has one (safety, valid_topics guardrails)
 
     # -- lookups (`endpoints.lookup`) -----------------------------------------------------
     def by_name(self, name: str, needed: Level = Level.CAN_VIEW) -> tuple[Endpoint, Level]:
@@ -68,7 +69,7 @@ class EndpointService:
         endpoint_id = new_id()
         now = utcnow()
         if body.ai_gateway is not None:
-            body.ai_gateway.check_enforceable()
+            body.ai_gateway.check_enforceable(guard_model=self.guard_model)
         pending = self._normalize(body.config, endpoint_id, version=1, workspace=True)
         endpoint = new_endpoint(
             endpoint_id=endpoint_id,
@@ -147,7 +148,7 @@ class EndpointService:
         return endpoint.tags
 
     def put_ai_gateway(self, name: str, body: AiGatewayConfig) -> AiGatewayConfig:
-        body.check_enforceable()
+        body.check_enforceable(guard_model=self.guard_model)
         endpoint, _ = self.by_name(name, Level.CAN_MANAGE)
         endpoint.ai_gateway = body
         endpoint.updated_at = utcnow()

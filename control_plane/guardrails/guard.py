@@ -19,8 +19,8 @@ from control_plane.guardrails.pii import PII_HORIZON, PiiFinding, PiiKind, find_
 
 
 class HitKind(StrEnum):
-    """What a guardrail caught: an invalid keyword, or a kind of PII (same names as
-    `PiiKind`)."""
+    """What a guardrail caught: an invalid keyword, a kind of PII (same names as `PiiKind`),
+    or a guard model's verdict."""
 
     INVALID_KEYWORD = "INVALID_KEYWORD"
     EMAIL_ADDRESS = "EMAIL_ADDRESS"
@@ -28,6 +28,10 @@ class HitKind(StrEnum):
     US_SSN = "US_SSN"
     CREDIT_CARD = "CREDIT_CARD"
     IP_ADDRESS = "IP_ADDRESS"
+    # The guard model's verdicts (`control_plane.query.guard_model`): the text is unsafe,
+    # or about none of the valid topics.
+    UNSAFE = "UNSAFE"
+    OFF_TOPIC = "OFF_TOPIC"
 
     @classmethod
     def of(cls, kind: PiiKind) -> HitKind:

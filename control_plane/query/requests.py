@@ -448,15 +448,15 @@ class ChatRequest(_Generation):
     def tool_use(self) -> ToolUse:
         """The structured-output and tool settings, resolved and compiled once (a 400
         that says what to change when they cannot be)."""
-        if self._tool_use is None:
+        use = self._tool_use
+        if use is None:
             use = tool_use(
                 self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format
             )
             if use.calls_tools and self.logprobs:
                 raise InvalidParameter("logprobs are not supported with tools: leave one out")
-            object.__setattr__(self, "_tool_use", use)
-        assert self._tool_use is not None
-        return self._tool_use
+            self._tool_use = use
+        return use
 
     def constraint(self) -> Constraint | None:
         return self.tool_use().constraint()

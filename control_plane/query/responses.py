@@ -457,6 +457,9 @@ async def events(
             chunk, hits, cut = screen.screen(chunk)
             if hits:
                 accounting.guarded(Direction.OUTPUT, hits, blocked=cut)
+            chunk, hits, cut = await screen.judged(chunk)
+            if hits:
+                accounting.guarded(Direction.OUTPUT, hits, blocked=cut)
             if chat:
                 opening = chunk.index not in started
                 piece = None

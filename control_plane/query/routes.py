@@ -21,6 +21,7 @@ before their last bytes (`responses.respond`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
@@ -42,12 +43,13 @@ from control_plane.errors import (
     TemporarilyUnavailable,
     error_response,
 )
-from control_plane.guardrails import Action, Guard
+from control_plane.guardrails import Action
 from control_plane.ids import to_millis, utcnow
 from control_plane.query import responses, traffic
 from control_plane.query.accounting import Accounting, Direction
 from control_plane.query.budget_admission import hold_budget
 from control_plane.query.gateway import Gateway
+from control_plane.query.guard_model import GuardModel
 from control_plane.query.ratelimit.limiter import (
     RateLimited,
     RateLimiterUnavailable,
@@ -63,17 +65,21 @@ from control_plane.query.requests import (
     JsonObject,
     PromptIds,
     QueryKind,
+    QueryRequest,
     parse_request,
 )
 from control_plane.query.screen import (
+    Judge,
     OutputScreen,
     ScreenedInput,
     Screens,
+    input_refusal,
+    judged_text,
     screen_completion,
     screen_input,
 )
 from control_plane.query.targets import QueryTarget
-from workers.engine.request import GenerationRequest
+from workers.engine.request import Completion, GenerationRequest
 
 PREFIX = "/serving-endpoints"
 # The bearer scheme, for the OpenAPI (answer reads the header itself, before the body).
@@ -202,7 +208,8 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
     body = parse_request(kind, raw)
     # 4b. the endpoint's guardrails: the prompt screened (masked, or blocked) before it is
     #     tokenized; what the output guardrails rule out refused now
-    screens = Screens.of(target.ai_gateway)
+    guard_model = gateway.settings.gateway.guard_model_endpoint is not None
+    screens = Screens.of(target.ai_gateway, guard_model=guard_model)
     screens.check_request(body)
     screened = screen_input(body, screens.input)
     body = screened.body
@@ -243,7 +250,7 @@ async def answer(request: Request, kind: QueryKind | None, name: str | None = No
     if screened.blocked:
         async with accounting:  # a usage row (no tokens) records the refusal
             raise screened.refusal()
-    query = Query(gateway, authorization, target, candidates, prompt, accounting, screens.output)
+    query = Query(gateway, authorization, target, candidates, prompt, accounting, screens, body)
     # 6-9. account (one usage row, whatever happens) around dispatch and shaping
     shaped: Answer
     if isinstance(body, EmbeddingsRequest):
@@ -271,7 +278,8 @@ class Query:
     candidates: list[ServedEntity]
     prompt: PromptIds
     accounting: Accounting
-    output: Guard  # the endpoint's output guardrails
+    screens: Screens  # the endpoint's guardrails
+    body: QueryRequest  # as screened (PII masked where the input guardrails mask it)
 
     @property
     def endpoint(self) -> str:
@@ -293,6 +301,28 @@ class Query:
                 raise
             return await replicas.first_answer(fresh.labels, traffic.candidates(fresh), call, tried)
 
+    def guard_model(self) -> GuardModel:
+        return GuardModel(self.gateway, self.authorization, self.accounting.request_id)
+
+    async def judge_input(self) -> None:
+        """The guard model's verdict on the request (safety, valid_topics), before it is
+        dispatched: a 400 when it flags it."""
+        parameters = self.screens.judged_input
+        if parameters is None:
+            return
+        hits = await self.guard_model().judge(parameters, judged_text(self.body))
+        if hits:
+            self.accounting.guarded(Direction.INPUT, hits, blocked=True)
+            raise input_refusal(tuple(hit.kind for hit in hits))
+
+    def output_judge(self) -> Judge | None:
+        """The guard model on one answer choice, when the output guardrails ask for it."""
+        parameters = self.screens.judged_output
+        if parameters is None:
+            return None
+        model = self.guard_model()
+        return lambda text: model.judge(parameters, text)
+
     def generation(self, body: GenerationBody, entity: ServedEntity) -> GenerationRequest:
         return body.generation_request(self.accounting.request_id, self.prompt.of(entity)[0])
 
@@ -301,14 +331,18 @@ async def _complete(
     query: Query, body: GenerationBody
 ) -> tuple[ServedEntity, responses.ChatCompletion | responses.TextCompletion]:
     replicas = query.gateway.replicas
+    await query.judge_input()
     entity, result, slot = await query.first_answer(
         lambda e: replicas.complete(query.target.labels, e, query.generation(body, e))
     )
     slot.release()
     query.accounting.delivered(result.usage)
-    result, hits, cut = screen_completion(result, query.output)
+    result, hits, cut = screen_completion(result, query.screens.output)
     if hits:
         query.accounting.guarded(Direction.OUTPUT, hits, blocked=cut)
+    judge = query.output_judge()
+    if judge is not None:
+        result = await _judged(result, judge, query.accounting)
     text_of = query.gateway.tokenizers.token_text(entity)
     rid = query.accounting.request_id
     answer: responses.ChatCompletion | responses.TextCompletion
@@ -324,6 +358,7 @@ async def _embed(
     query: Query, body: EmbeddingsRequest
 ) -> tuple[ServedEntity, responses.EmbeddingList]:
     replicas = query.gateway.replicas
+    await query.judge_input()
     entity, result, slot = await query.first_answer(
         lambda e: replicas.embed(query.target.labels, e, query.prompt.of(e))
     )
@@ -343,6 +378,7 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
     started = False
     try:
         async with accounting:
+            await query.judge_input()
             entity, (first, rest), slot = await query.first_answer(
                 lambda e: replicas.open_stream(query.target.labels, e, query.generation(body, e))
             )
@@ -351,7 +387,7 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
                 started = True
                 yield ""
                 text_of = query.gateway.tokenizers.token_text(entity)
-                screen = OutputScreen(query.output, body.n)
+                screen = OutputScreen(query.screens.output, body.n, query.output_judge())
                 events = responses.events(body, accounting, first, rest, text_of, screen)
                 async for event in events:
                     yield event
@@ -364,6 +400,17 @@ async def _stream(query: Query, body: GenerationBody) -> AsyncGenerator[str, Non
         yield responses.error_event(exc)
         return
     yield responses.closing(body, accounting)
+
+
+async def _judged(result: Completion, judge: Judge, accounting: Accounting) -> Completion:
+    """A whole answer with each choice the guard model flags withheld ("content_filter")."""
+    texts, reasons = dict(result.texts), dict(result.finish_reasons)
+    for index, text in result.texts.items():
+        hits = await judge(text) if text else ()
+        if hits:
+            accounting.guarded(Direction.OUTPUT, hits, blocked=True)
+            texts[index], reasons[index] = "", "content_filter"
+    return dataclasses.replace(result, texts=texts, finish_reasons=reasons)
 
 
 def _logged_request(raw: JsonObject, screened: ScreenedInput) -> str:

@@ -12,16 +12,19 @@ shaped, and a stream's choices as they stream.
   way, so both give the same text.
 - Logprobs would reveal the held-back or masked tokens: a request for them is refused on an
   endpoint with output guardrails.
-- `safety` and `valid_topics` need a guard model; they are refused when set, and a config
-  stored by an older release that has them makes every query a 503 until it is changed.
+- `safety` and `valid_topics` are judged by the installation's guard model
+  (`guard_model.py`): the request before it is dispatched, each answer choice as a whole
+  (a stream holds each choice until it ends). Without a guard model they are refused when
+  set, and a stored config that has them makes every query a 503 until it is changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from control_plane.endpoints.ai_gateway import AiGatewayConfig
+from control_plane.endpoints.ai_gateway import AiGatewayConfig, GuardrailParameters
 from control_plane.errors import ApiError, BadRequest, InvalidParameter
 from control_plane.guardrails import Guard, Hit, HitKind, Release, StreamGuard
 from control_plane.query.requests import (
@@ -42,20 +45,31 @@ class GuardrailsUnenforceable(ApiError):
 class Screens:
     input: Guard
     output: Guard
+    judged_input: GuardrailParameters | None  # what the guard model judges, if anything
+    judged_output: GuardrailParameters | None
 
     @classmethod
-    def of(cls, gateway: AiGatewayConfig) -> Screens:
-        why = None if gateway.guardrails is None else gateway.guardrails.problem()
+    def of(cls, gateway: AiGatewayConfig, *, guard_model: bool) -> Screens:
+        guardrails = gateway.guardrails
+        why = None if guardrails is None else guardrails.problem(guard_model=guard_model)
         if why is not None:
             raise GuardrailsUnenforceable(
                 f"this endpoint's guardrails cannot be enforced: {why}; its owner must "
                 "update the endpoint's AI gateway config"
             )
-        return cls(Guard.for_input(gateway), Guard.for_output(gateway))
+        judged_input = judged_output = None
+        if guardrails is not None:
+            judged_input = (
+                guardrails.input if guardrails.input and guardrails.input.judged else None
+            )
+            judged_output = (
+                guardrails.output if guardrails.output and guardrails.output.judged else None
+            )
+        return cls(Guard.for_input(gateway), Guard.for_output(gateway), judged_input, judged_output)
 
     def check_request(self, body: QueryRequest) -> None:
         """What the output guardrails cannot allow alongside them (a 400)."""
-        if self.output.active and _asks_logprobs(body):
+        if (self.output.active or self.judged_output) and _asks_logprobs(body):
             raise InvalidParameter(
                 "logprobs are not available on this endpoint: its output guardrails hold "
                 "back and mask text that logprobs would reveal"
@@ -77,12 +91,26 @@ class ScreenedInput:
     hits: tuple[Hit, ...]
 
     def refusal(self) -> BadRequest:
-        kinds = ", ".join(_reason(kind) for kind in self.reasons)
-        return BadRequest(f"the request was blocked by this endpoint's input guardrails: {kinds}")
+        return input_refusal(self.reasons)
 
 
-def _reason(kind: HitKind) -> str:
-    return "an invalid keyword" if kind is HitKind.INVALID_KEYWORD else f"PII ({kind.value})"
+def input_refusal(reasons: tuple[HitKind, ...]) -> BadRequest:
+    kinds = ", ".join(_REASONS.get(kind, f"PII ({kind.value})") for kind in reasons)
+    return BadRequest(f"the request was blocked by this endpoint's input guardrails: {kinds}")
+
+
+_REASONS = {
+    HitKind.INVALID_KEYWORD: "an invalid keyword",
+    HitKind.UNSAFE: "unsafe content (safety)",
+    HitKind.OFF_TOPIC: "not one of the valid topics",
+}
+
+
+def judged_text(body: QueryRequest) -> str:
+    """What the guard model judges of a request: its texts, a chat's turns by role."""
+    if isinstance(body, ChatRequest):
+        return "\n\n".join(f"{m.role}: {m.text()}" for m in body.messages if m.text())
+    return "\n\n".join(_texts(body))
 
 
 def screen_input(body: QueryRequest, guard: Guard) -> ScreenedInput:
@@ -165,12 +193,18 @@ def screen_completion(result: Completion, guard: Guard) -> tuple[Completion, lis
     return dataclasses.replace(result, texts=texts, finish_reasons=reasons), hits, cut
 
 
-class OutputScreen:
-    """A stream's choices, each behind its own `StreamGuard`."""
+Judge = Callable[[str], Awaitable[tuple[Hit, ...]]]  # the guard model on one text
 
-    def __init__(self, guard: Guard, choices: int) -> None:
+
+class OutputScreen:
+    """A stream's choices, each behind its own `StreamGuard`; with a guard model (`judge`),
+    each choice is also held whole until it ends, judged, then sent or withheld."""
+
+    def __init__(self, guard: Guard, choices: int, judge: Judge | None = None) -> None:
         self.guard = guard
+        self._judge = judge
         self._streams: dict[int, StreamGuard] = {}
+        self._held: dict[int, list[str]] = {}  # judged choices' text until they end
         self._open = set(range(choices))  # choices still sending
 
     @property
@@ -199,3 +233,19 @@ class OutputScreen:
             self._open.discard(chunk.index)
         sent = dataclasses.replace(chunk, text=screened.text, finish_reason=reason, logprobs=None)
         return sent, screened.hits, screened.blocked
+
+    async def judged(self, chunk: TokenChunk) -> tuple[TokenChunk, tuple[Hit, ...], bool]:
+        """With a guard model: the chunk's text held until its choice ends, then the whole
+        choice judged and sent at once, or withheld with "content_filter"."""
+        if self._judge is None:
+            return chunk, (), False
+        held = self._held.setdefault(chunk.index, [])
+        held.append(chunk.text)
+        if chunk.finish_reason is None:
+            return dataclasses.replace(chunk, text=""), (), False
+        text = "".join(self._held.pop(chunk.index))
+        hits = await self._judge(text) if text else ()
+        if hits:
+            self._open.discard(chunk.index)
+            return dataclasses.replace(chunk, text="", finish_reason="content_filter"), hits, True
+        return dataclasses.replace(chunk, text=text), (), False

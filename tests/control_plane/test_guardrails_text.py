@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -761,3 +762,25 @@ def test_stream_on_adversarial_text(name: str) -> None:
     )
     assert time.perf_counter() - started < 2.0
     assert released == guard.check(text).text
+
+
+# -- the guard model's setting ---------------------------------------------------------------
+def test_the_guard_model_is_a_shared_chat_endpoint(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from tests.control_plane.conftest import make_settings
+
+    url = f"sqlite:///{tmp_path / 'db'}"
+    for name in ("databricks-nowhere", "databricks-dbrx-tiny-embeddings"):
+        with pytest.raises(ValidationError, match="no shared chat endpoint"):
+            make_settings(url, tmp_path, gateway={"guard_model_endpoint": name})
+    chosen = make_settings(url, tmp_path, gateway={"guard_model_endpoint": "databricks-dbrx-tiny"})
+    assert chosen.gateway.guard_model_endpoint == "databricks-dbrx-tiny"
+
+
+def test_guardrails_a_guard_model_judges_are_refused_only_without_one() -> None:
+    judged = GuardrailParameters(safety=True, valid_topics=["billing"])
+    assert "needs a guard model" in (judged.problem("guardrails.input", guard_model=False) or "")
+    assert judged.problem("guardrails.input", guard_model=True) is None
+    blank = GuardrailParameters(valid_topics=[" "])
+    assert "non-blank" in (blank.problem("guardrails.output", guard_model=True) or "")

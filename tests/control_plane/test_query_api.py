@@ -380,3 +380,18 @@ def test_inference_table_keeps_each_request_and_answer_and_reads_them_back(
         ).json()["token_value"]
     with server.client(outsider) as theirs:
         assert theirs.get(f"/api/2.0/serving-endpoints/{NAME}/inference-log").status_code == 404
+
+
+def test_guardrails_that_need_a_guard_model_are_refused_without_one(server: LiveServer) -> None:
+    """This installation names no guard model: safety and valid_topics cannot be enforced,
+    and a config asking for them is a 400 that says so."""
+    with server.client() as http:
+        for parameters in ({"safety": True}, {"valid_topics": ["billing"]}):
+            for direction in ("input", "output"):
+                put = http.put(
+                    f"/api/2.0/serving-endpoints/{NAME}/ai-gateway",
+                    json={"guardrails": {direction: parameters}},
+                )
+                assert put.status_code == 400, put.text
+                assert "needs a guard model" in put.json()["message"]
+                assert f"guardrails.{direction}." in put.json()["message"]

@@ -22,7 +22,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from control_plane.settings import GatewaySettings, WorkerDefaults
+from control_plane.query.guard_model import Question
+from control_plane.settings import GatewaySettings, SharedEndpoint, WorkerDefaults
 from tests.control_plane.conftest import LiveServer, live_server, make_settings, wait_for
 from tests.control_plane.query_fixtures import (
     async_openai_client,
@@ -35,6 +36,7 @@ from workers.engine.config import EngineConfig
 from workers.tokenizer import load_tokenizer
 
 NAME = f"structured-{uuid.uuid4().hex[:6]}"
+GUARD = "databricks-guard"  # the shared endpoint whose model judges safety and topics
 MODEL = "tiny-structured"
 MESSAGES: list[Any] = [{"role": "user", "content": "Describe a customer as JSON."}]
 PERSON: dict[str, Any] = {
@@ -95,8 +97,8 @@ def server(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         f"sqlite:///{root / 'moeserve.db'}",
         root,
         workers=WorkerDefaults(engine=EngineConfig(kv_cache_tokens=8192)),
-        shared_endpoints=[],
-        gateway=GatewaySettings(lookup_cache_ttl_s=0.5),
+        shared_endpoints=[SharedEndpoint(name=GUARD, entity_name="dbrx-tiny")],
+        gateway=GatewaySettings(lookup_cache_ttl_s=0.5, guard_model_endpoint=GUARD),
     )
     with live_server(settings) as live, live.client() as http:
         source = small_dbrx_checkpoint(root / "models" / "structured", seed=7)
@@ -400,20 +402,105 @@ def test_input_guardrails_block_or_mask_the_prompt(server: LiveServer) -> None:
     assert any('kind="US_SSN"' in h and 'action="MASK"' in h for h in hits)
 
 
-def test_guardrails_that_cannot_be_enforced_are_refused(server: LiveServer) -> None:
-    with server.client() as http:
-        for parameters in ({"safety": True}, {"valid_topics": ["billing"]}):
-            put = http.put(
-                f"/api/2.0/serving-endpoints/{NAME}/ai-gateway",
-                json={"guardrails": {"input": parameters}},
-            )
-            assert put.status_code == 400, put.text
-            assert "needs a guard model" in put.json()["message"]
+def test_logprobs_are_refused_with_output_guardrails(server: LiveServer) -> None:
     logprobs = pytest.raises(openai.BadRequestError, match="logprobs are not available")
     with guardrails(server, output={"invalid_keywords": ["x"]}), logprobs:
         openai_client(server).chat.completions.create(
             model=NAME, messages=MESSAGES, logprobs=True, max_tokens=2
         )
+
+
+# -- the guard model -------------------------------------------------------------------------
+# A shared dbrx-tiny endpoint judges safety and valid_topics. Its verdict on a text is what
+# the same question asked of it directly answers (greedy, constrained to the two words), so
+# each test first asks it, then checks the guarded query did what that verdict says.
+def _verdict(server: LiveServer, question: Question, text: str) -> bool:
+    """Whether the guard model flags `text` for `question`, asked directly."""
+    answer = openai_client(server).chat.completions.create(
+        model=GUARD,
+        messages=[
+            {"role": "system", "content": question.system},
+            {"role": "user", "content": text},
+        ],
+        response_format=_either(question.allowed, question.flagged),
+        temperature=0,
+        max_tokens=8,
+    )
+    return bool(json.loads(answer.choices[0].message.content or "") == question.flagged)
+
+
+def _either(*words: str) -> Any:
+    schema = {"type": "string", "enum": list(words)}
+    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}}
+
+
+PROMPTS = [f"Tell me about {topic}." for topic in (
+    "invoices", "the weather", "refunds", "volcanoes", "my bill", "chess", "taxes", "poetry",
+    "payment plans", "football", "late fees", "cooking", "a credit note", "the moon",
+)]  # fmt: skip
+
+
+def test_the_guard_model_judges_prompts_and_its_calls_are_billed(server: LiveServer) -> None:
+    client = openai_client(server)
+    topics = ["billing", "payments"]
+    question = Question.topics(topics)
+    outcomes = []
+    with guardrails(server, input={"valid_topics": topics}):
+        for prompt in PROMPTS:
+            flagged = _verdict(server, question, f"user: {prompt}")
+            messages: list[Any] = [{"role": "user", "content": prompt}]
+            if flagged:
+                with pytest.raises(openai.BadRequestError, match="not one of the valid topics"):
+                    client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+            else:
+                answer = client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+                assert answer.choices[0].message.content is not None
+            outcomes.append(flagged)
+    assert True in outcomes and False in outcomes, "the guard model let some through, not all"
+    with guardrails(server, input={"safety": True}):  # the same way, for safety
+        messages = [{"role": "user", "content": PROMPTS[0]}]
+        unsafe = _verdict(server, Question.safety(), f"user: {PROMPTS[0]}")
+        if unsafe:
+            with pytest.raises(openai.BadRequestError, match=r"unsafe content \(safety\)"):
+                client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+        else:
+            client.chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+    judged = [r for r in usage_rows(server, GUARD) if "guardrail_for" in _context(r)]
+    assert len(judged) == len(PROMPTS) + 1  # one billed guard call per judged request
+    assert all(r["input_token_count"] > 0 and r["output_token_count"] > 0 for r in judged)
+    judged_requests = {_context(r)["guardrail_for"] for r in judged}
+    blocked = [
+        r
+        for r in usage_rows(server, NAME)
+        if r["databricks_request_id"] in judged_requests
+        and r["guardrail_outcome"] == "INPUT_BLOCKED"
+    ]
+    assert len(blocked) == outcomes.count(True) + unsafe  # each flagged request's own row
+    assert all(r["status_code"] == 400 and r["input_token_count"] == 0 for r in blocked)
+
+
+def test_the_guard_model_judges_whole_answers_and_streams(server: LiveServer) -> None:
+    topics = ["billing", "payments"]
+    question = Question.topics(topics)
+    words = ("your invoice", "a refund", "fine weather", "chess", "late fees", "the moon")
+    said = [f'"{word}"' for word in words]
+    verdicts = {text: _verdict(server, question, text) for text in said}
+    assert set(verdicts.values()) == {True, False}, "some answers pass, some are withheld"
+    with guardrails(server, output={"valid_topics": topics}):
+        for text, flagged in verdicts.items():
+            whole, chunks = _both_ways(server, text[1:-1])
+            expected = ("", "content_filter") if flagged else (text, "stop")
+            choice = whole.choices[0]
+            assert (choice.message.content, choice.finish_reason) == expected
+            assert _streamed(chunks)[0] == expected
+            if flagged:
+                assert not _leaked(chunks, text[1:-1])
+
+
+def _context(row: dict[str, Any]) -> dict[str, str]:
+    """A usage row's usage_context, as the driver returned it (JSON text on SQLite)."""
+    value = row["usage_context"]
+    return (json.loads(value) if isinstance(value, str) else value) or {}
 
 
 def _request_id(response_id: str) -> str:

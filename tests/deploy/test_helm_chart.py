@@ -492,8 +492,17 @@ SAMPLES: dict[str, Any] = {
             "workload_size": "Medium",
             "scale_to_zero_enabled": True,
             "task": "llm/v1/completions",
-        }
+        },
+        {
+            "name": "databricks-guard",
+            "entity_name": "dbrx-tiny",
+            "entity_version": "1",
+            "workload_size": "Small",
+            "scale_to_zero_enabled": False,
+            "task": "llm/v1/chat",
+        },
     ],
+    "gateway.guard_model_endpoint": "databricks-guard",
     "workers.threads_per_shard": 3,
     "ratelimit.redis_unavailable": "fail_open",
     "billing.region": "us-west-2",

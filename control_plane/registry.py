@@ -12,6 +12,7 @@ whether a path exists or who registered it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from control_plane.db.models import ModelSourceShare, RegisteredModel, Workspace
 from control_plane.errors import AlreadyExists, Conflict, InvalidParameter, NotFound
 from control_plane.ids import to_millis, utcnow
 from control_plane.settings import SystemModel
+from workers.model.args import Family
 from workers.model.checkpoint import verify_checkpoint
 from workers.model.hf_config import CheckpointError
 from workers.model.presets import PRESETS
@@ -105,7 +107,7 @@ def _system_model(name: str, target: SystemModel) -> ResolvedModel:
         return ResolvedModel(name, target.version, family, ModelSource(preset=target.preset), True)
     path = Path(str(target.checkpoint))
     try:
-        family = verify_checkpoint(path).family
+        family = verified_family(path)
     except Exception as exc:  # the operator's directory: its problem may be named
         raise InvalidParameter(
             f"model {name!r} cannot be served: its checkpoint (settings system_models) is not "
@@ -169,6 +171,21 @@ def resolve(
         checkpoint=record.source, tokenizer=_tokenizer_for(Path(record.source), record.model_type)
     )
     return ResolvedModel(record.name, record.version, record.model_type, source, False)
+
+
+def verified_family(path: Path) -> Family:
+    """The family of the servable checkpoint at `path` (`verify_checkpoint`'s checks), read
+    once per state of its files: every model listing and resolution names the system models,
+    and reading safetensors headers each time would cost far more than listing a directory.
+    A file added, removed, rewritten or resized is checked again; a failure is never kept."""
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    return _family_of(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _family_of(path: str, stamp: tuple[tuple[str, int, int], ...]) -> Family:
+    return verify_checkpoint(Path(path)).family
 
 
 def _tokenizer_for(path: Path, family: str) -> str | None:

@@ -6,6 +6,7 @@ in `config.served_models` as well as in `served_entities`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from databricks.sdk.service.serving import (
@@ -167,3 +168,27 @@ def test_databricks_system_model_names_serve_and_are_listed(
             http, small_checkpoint(tmp_path / "models" / "x"), name="system.ai.dbrx_instruct"
         )
         assert taken.status_code == 409, taken.text
+
+
+def test_a_system_models_checkpoint_is_verified_once_per_state_of_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing models names every system model: a checkpoint-mapped one is read (its
+    safetensors headers checked) once, and again only when its files change."""
+    from control_plane import registry
+
+    source = small_checkpoint(tmp_path / "models" / "cached")
+    reads: list[Path] = []
+    real = registry.verify_checkpoint
+
+    def counted(path: Path) -> Any:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(registry, "verify_checkpoint", counted)
+    family = registry.verified_family(source)
+    assert [registry.verified_family(source) for _ in range(5)] == [family] * 5
+    assert len(reads) == 1
+    (source / "config.json").write_text((source / "config.json").read_text() + " ")
+    assert registry.verified_family(source) == family
+    assert len(reads) == 2, "a changed file is checked again"

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from control_plane.errors import InvalidParameter
-from workers.engine.constraint import Constraint, ConstraintKind, problem
+from workers.engine.constraint import MAX_SOURCE_CHARS, Constraint, ConstraintKind, problem
 
 JsonObject = dict[str, JsonValue]
 MAX_TOOLS = 128
@@ -108,25 +109,33 @@ class ToolCall(_Strict):
 
 
 # -- what a chat body asked for, resolved -----------------------------------------------------
+class ToolMode(StrEnum):
+    NONE = "none"  # no calls (tools are not shown to the model)
+    AUTO = "auto"  # the model decides
+    REQUIRED = "required"  # at least one call (exactly one without parallel calls)
+    NAMED = "named"  # one call of the named function
+
+
 class ToolUse(BaseModel):
     """A chat body's structured-output and tool settings, checked against each other."""
 
     model_config = ConfigDict(frozen=True)
 
     tools: tuple[Tool, ...] = ()
-    choice: Literal["none", "auto", "required"] | str = "none"  # or the named function
+    mode: ToolMode = ToolMode.NONE
+    named: str | None = None  # the function, in NAMED mode
     parallel: bool = True
     response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
 
     @property
     def calls_tools(self) -> bool:
         """Whether the answer may hold tool calls."""
-        return bool(self.tools) and self.choice != "none"
+        return bool(self.tools) and self.mode is not ToolMode.NONE
 
     @property
     def forced(self) -> bool:
         """Whether the answer must be tool calls (`required`, or a named function)."""
-        return bool(self.tools) and self.choice not in ("none", "auto")
+        return bool(self.tools) and self.mode in (ToolMode.REQUIRED, ToolMode.NAMED)
 
     def prompt_tools(self) -> list[dict[str, Any]] | None:
         """The tool definitions a chat template is given (none when calls are off)."""
@@ -162,7 +171,9 @@ class ToolUse(BaseModel):
         of a declared function (of the named one only, when one is named) with valid
         arguments."""
         chosen = [
-            t.function for t in self.tools if self.choice in ("auto", "required", t.function.name)
+            t.function
+            for t in self.tools
+            if self.mode is not ToolMode.NAMED or t.function.name == self.named
         ]
         one_call = {
             "anyOf": [
@@ -178,7 +189,7 @@ class ToolUse(BaseModel):
                 for f in chosen
             ]
         }
-        many = self.parallel and self.choice in ("auto", "required")
+        many = self.parallel and self.mode is not ToolMode.NAMED
         return (
             f"calls: {'call+' if many else 'call'}\n"
             f'call: "{OPEN}" %json{_compact(one_call)} "{CLOSE}"\n'
@@ -205,22 +216,23 @@ def tool_use(
     names = [t.function.name for t in tools]
     if len(set(names)) != len(names):
         raise InvalidParameter("tools: two tools have the same function name; names must differ")
-    choice: str
+    named = None
     if isinstance(tool_choice, NamedToolChoice):
-        choice = tool_choice.function.name
-        if choice not in names:
+        mode, named = ToolMode.NAMED, tool_choice.function.name
+        if named not in names:
             raise InvalidParameter(
                 "tool_choice names a function that is not in tools; name one of the tools"
             )
     else:
-        choice = tool_choice or ("auto" if tools else "none")
-        if choice == "required" and not tools:
+        mode = ToolMode(tool_choice or ("auto" if tools else "none"))
+        if mode is ToolMode.REQUIRED and not tools:
             raise InvalidParameter('tool_choice "required" needs at least one tool in tools')
     if parallel_tool_calls is not None and not tools:
         raise InvalidParameter("parallel_tool_calls is only allowed with tools")
     use = ToolUse(
         tools=tuple(tools),
-        choice=choice,
+        mode=mode,
+        named=named,
         parallel=parallel_tool_calls is not False,
         response_format=response_format,
     )
@@ -229,6 +241,17 @@ def tool_use(
 
 
 def _check_compiles(use: ToolUse) -> None:
+    """A 400 naming the part the grammar library cannot compile, or that is too large."""
+    try:
+        _compile_each(use)
+    except ValidationError:  # a grammar longer than `Constraint` takes
+        raise InvalidParameter(
+            f"the tools and response_format make a grammar of more than {MAX_SOURCE_CHARS} "
+            "characters: send smaller schemas"
+        ) from None
+
+
+def _compile_each(use: ToolUse) -> None:
     fmt = use.response_format
     if isinstance(fmt, JsonSchemaFormat):
         why = problem(Constraint.json_schema(fmt.json_schema.schema_))

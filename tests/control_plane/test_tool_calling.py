@@ -57,6 +57,22 @@ def test_settings_that_cannot_work_are_400s_that_say_what_to_change() -> None:
     assert "name" in refused(tools=[{"type": "function", "function": {"name": "a b"}}])
 
 
+def test_a_function_named_like_a_mode_is_still_the_one_named() -> None:
+    auto = {"type": "function", "function": {"name": "auto"}}
+    named = {"type": "function", "function": {"name": "auto"}}
+    use = chat(
+        tools=[WEATHER, auto], tool_choice={"type": "function", "function": named["function"]}
+    )
+    source = (use.constraint() or pytest.fail()).source
+    assert "get_weather" not in source and "calls: call\n" in source
+
+
+def test_a_schema_too_large_to_compile_is_a_400() -> None:
+    huge = {"type": "object", "description": "x" * 300_000}
+    fmt = {"type": "json_schema", "json_schema": {"name": "big", "schema": huge}}
+    assert "more than 262144 characters" in refused(response_format=fmt)
+
+
 def test_a_schema_the_library_cannot_compile_is_a_400_with_its_reason() -> None:
     bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}
     message = refused(response_format=bad)

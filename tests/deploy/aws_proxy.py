@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import parse_qs
 
+from tests.http_servers import serving
+
 Moment = Literal["before", "after"]
 
 
@@ -99,10 +101,5 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def killing_proxy(upstream: str) -> Iterator[KillingProxy]:
     proxy = KillingProxy(upstream)
-    thread = threading.Thread(target=proxy.serve_forever, name="aws-proxy", daemon=True)
-    thread.start()
-    try:
+    with serving(proxy, "aws-proxy"):
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()

@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.http_servers import serving
+
 _PROVIDER = r"/providers/Microsoft\.Compute"
 _SCALE_SETS = re.compile(
     rf"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+){_PROVIDER}"
@@ -385,12 +387,6 @@ def fake_arm(subscription_id: str, resource_group: str) -> Iterator[FakeArm]:
     fake = FakeArm(subscription_id, resource_group)
     server = _Server(("127.0.0.1", 0), _Handler)
     server.fake = fake
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="fake-arm", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "fake-arm") as url:
+        fake.url = url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)

@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from tests.http_servers import serving
+
 API = "https://www.googleapis.com/compute/v1"  # selfLinks are absolute, as GCP writes them
 TEMPLATES, GROUPS = "instanceTemplates", "instanceGroupManagers"
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -381,13 +383,6 @@ def gcp_fake(project: str = "moeserve-test") -> Iterator[GcpFake]:
     """Serve a `GcpFake` on a free port of 127.0.0.1 (its `url`) until the block ends."""
     fake = GcpFake(project)
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": fake}))
-    server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="gcp-fake", daemon=True)
-    thread.start()
-    try:
+    with serving(server, "gcp-fake") as url:
+        fake.url = url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)

@@ -459,7 +459,7 @@ class ChatRequest(_Generation):
         return use
 
     def constraint(self) -> Constraint | None:
-        return self.tool_use().constraint()
+        return self.tool_use().constraint
 
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -726,13 +726,19 @@ INLINE_TOKENIZE_MAX_CHARS = 8192
 CL100K_MAX_TOKEN_BYTES = 128
 
 
+def texts_of(body: QueryRequest) -> list[str]:
+    """The caller's text the model sees, in order: each message's content, the prompt, or
+    each text input."""
+    if isinstance(body, ChatRequest):
+        return [m.text() for m in body.messages]
+    if isinstance(body, CompletionRequest):
+        return [body.text()]
+    return [item for item in body.items() if isinstance(item, str)]
+
+
 def _text_chars(body: QueryRequest) -> int:
     """How many characters of text the body gives the tokenizer."""
-    if isinstance(body, ChatRequest):
-        return sum(len(m.text()) for m in body.messages)
-    if isinstance(body, CompletionRequest):
-        return len(body.text())
-    return sum(len(item) for item in body.items() if isinstance(item, str))
+    return sum(map(len, texts_of(body)))
 
 
 def _least(chars: int, most_per_token: int | None) -> int:

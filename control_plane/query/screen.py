@@ -32,6 +32,7 @@ from control_plane.query.requests import (
     CompletionRequest,
     EmbeddingsRequest,
     QueryRequest,
+    texts_of,
 )
 from workers.engine.request import Completion, TokenChunk
 
@@ -110,14 +111,14 @@ def judged_text(body: QueryRequest) -> str:
     """What the guard model judges of a request: its texts, a chat's turns by role."""
     if isinstance(body, ChatRequest):
         return "\n\n".join(f"{m.role}: {m.text()}" for m in body.messages if m.text())
-    return "\n\n".join(_texts(body))
+    return "\n\n".join(texts_of(body))
 
 
 def screen_input(body: QueryRequest, guard: Guard) -> ScreenedInput:
     """`body` screened: masked where PII is masked, and whether it is blocked (and why)."""
     if not guard.active:
         return ScreenedInput(body, False, (), ())
-    texts = _texts(body)
+    texts = texts_of(body)
     verdicts = [guard.check(text) for text in texts]
     hits = tuple(hit for v in verdicts for hit in v.hits)
     blocked = [v for v in verdicts if v.blocked]
@@ -129,16 +130,6 @@ def screen_input(body: QueryRequest, guard: Guard) -> ScreenedInput:
         body = _with_texts(body, masked)
     reasons = tuple(dict.fromkeys(kind for v in verdicts for kind in v.reasons))
     return ScreenedInput(body, False, reasons, hits)
-
-
-def _texts(body: QueryRequest) -> list[str]:
-    """The caller's text the model sees, in order: each message's content, the prompt, or
-    each text input."""
-    if isinstance(body, ChatRequest):
-        return [m.text() for m in body.messages]
-    if isinstance(body, CompletionRequest):
-        return [body.text()]
-    return [item for item in body.items() if isinstance(item, str)]
 
 
 def _with_texts(body: QueryRequest, texts: list[str]) -> QueryRequest:

@@ -25,6 +25,7 @@ import json
 import re
 import uuid
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
@@ -146,8 +147,10 @@ class ToolUse(BaseModel):
     def names(self) -> set[str]:
         return {tool.function.name for tool in self.tools}
 
+    @cached_property
     def constraint(self) -> Constraint | None:
-        """The grammar the answer must follow; None when it is free text."""
+        """The grammar the answer must follow; None when it is free text (built once: the
+        edge compiles it, and each candidate entity's request carries it)."""
         content = self._content_schema()
         if self.forced:
             return Constraint(kind=ConstraintKind.LARK, source="start: calls\n" + self._calls())
@@ -265,8 +268,11 @@ def _compile_each(use: ToolUse) -> None:
             raise InvalidParameter(
                 f"tools[{i}].function.parameters cannot be compiled: {_short(why)}"
             )
-    constraint = use.constraint()
-    if constraint is not None and (why := problem(constraint)) is not None:
+    constraint = use.constraint
+    # A lone schema was compiled just above; only a grammar combining parts is new.
+    if constraint is None or constraint.kind is not ConstraintKind.LARK:
+        return
+    if (why := problem(constraint)) is not None:
         raise InvalidParameter(f"the tools and response_format cannot be compiled: {_short(why)}")
 
 
